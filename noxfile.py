@@ -1,0 +1,67 @@
+"""Every workflow of the monorepo: per-backend tests, cross-backend parity, lint, demo, bench.
+
+`nox` runs tests_torch, tests_flax, parity and lint. Installs are pinned by constraints.txt.
+"""
+
+from __future__ import annotations
+
+import nox
+
+nox.options.sessions = ["tests_torch", "tests_flax", "parity", "lint"]
+nox.options.reuse_existing_virtualenvs = True
+nox.options.error_on_missing_interpreters = True
+
+PIN = ("-c", "constraints.txt")
+CORE = "./packages/vit_parity"
+TORCH = "./packages/vit_torch"
+FLAX = "./packages/vit_flax"
+
+
+def assert_absent(session: nox.Session, *modules: str) -> None:
+    """Fail the session if any of ``modules`` can be imported in its venv."""
+    code = (
+        "import importlib.util, sys; "
+        f"found = [m for m in {modules!r} if importlib.util.find_spec(m)]; "
+        "sys.exit(f'unexpected packages in this venv: {found}' if found else 0)"
+    )
+    session.run("python", "-c", code, silent=True)
+
+
+@nox.session
+def tests_torch(session: nox.Session) -> None:
+    """vit_torch's tests in a venv without JAX."""
+    session.install(*PIN, CORE, TORCH, "pytest")
+    assert_absent(session, "jax", "flax")
+    session.run("pytest", "packages/vit_torch/tests", *session.posargs)
+
+
+@nox.session
+def tests_flax(session: nox.Session) -> None:
+    """vit_flax's tests in a venv without torch."""
+    session.install(*PIN, CORE, FLAX, "pytest")
+    assert_absent(session, "torch")
+    session.run("pytest", "packages/vit_flax/tests", *session.posargs)
+
+
+@nox.session
+def parity(session: nox.Session) -> None:
+    """The shared core's tests, cross-backend parity tests, and `vit check --all`."""
+    session.install(*PIN, CORE, TORCH, FLAX, "pytest")
+    session.run("pytest", "packages/vit_parity/tests", *session.posargs)
+    session.run("vit", "check", "--all")
+
+
+@nox.session
+def check(session: nox.Session) -> None:
+    """Install both backends and run `vit list` and `vit check` (extra arguments: architectures)."""
+    session.install(*PIN, CORE, TORCH, FLAX)
+    session.run("vit", "list")
+    session.run("vit", "check", *(session.posargs or ["--all"]))
+
+
+@nox.session
+def lint(session: nox.Session) -> None:
+    """ruff check and ruff format --check over the whole tree."""
+    session.install(*PIN, "ruff")
+    session.run("ruff", "check", ".")
+    session.run("ruff", "format", "--check", ".")

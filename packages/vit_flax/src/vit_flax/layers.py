@@ -1,0 +1,219 @@
+"""Building blocks shared by every architecture: attention, feed-forward, transformer, patches, positions.
+
+Mirrors ``vit_torch.layers``: same classes, arguments and attribute paths; channels-last inputs.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from functools import partial
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from vit_parity.posemb import sincos_table
+
+Array = jax.Array
+gelu = partial(jax.nn.gelu, approximate=False)  # torch's default GELU is the exact one
+
+
+def layer_norm(dim: int, eps: float, rngs: nnx.Rngs, dtype: jnp.dtype | None = None) -> nnx.LayerNorm:
+    """A LayerNorm matching torch's: explicit eps, two-pass variance."""
+    return nnx.LayerNorm(dim, epsilon=eps, use_fast_variance=False, dtype=dtype, rngs=rngs)
+
+
+@dataclass
+class Intermediates:
+    """Collects each transformer block's output (and attention maps when ``with_attn``) in a forward pass."""
+
+    with_attn: bool = False
+    blocks: list[Array] = field(default_factory=list)
+    attn: list[Array] = field(default_factory=list)
+
+
+def attention_weights(q: Array, k: Array, mask: Array | None = None) -> Array:
+    """Softmax attention weights ``(b, h, n_q, n_k)`` from ``(b, n, h, d)`` queries and keys."""
+    logits = jnp.einsum("bqhd,bkhd->bhqk", q, k) * q.shape[-1] ** -0.5
+    if mask is not None:
+        logits = jnp.where(mask, logits, jnp.finfo(logits.dtype).min)
+    return jax.nn.softmax(logits, axis=-1)
+
+
+class Attention(nnx.Module):
+    """Pre-norm multi-head self-attention, fused through ``jax.nn.dot_product_attention``.
+
+    ``__call__(x, mask)`` takes ``x`` of shape ``(b, n, dim)`` and an optional boolean ``mask``
+    broadcastable to ``(b, heads, n, n)``, True where a query may attend to a key.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        heads: int = 8,
+        dim_head: int = 64,
+        dropout: float = 0.0,
+        *,
+        qkv_bias: bool = False,
+        out_bias: bool = True,
+        eps: float = 1e-5,
+        dtype: jnp.dtype | None = None,
+        rngs: nnx.Rngs,
+    ) -> None:
+        inner = heads * dim_head
+        self.heads = heads
+        self.norm = layer_norm(dim, eps, rngs, dtype)
+        self.to_qkv = nnx.Linear(dim, inner * 3, use_bias=qkv_bias, dtype=dtype, rngs=rngs)
+        project_out = not (heads == 1 and dim_head == dim)
+        self.to_out = nnx.Linear(inner, dim, use_bias=out_bias, dtype=dtype, rngs=rngs) if project_out else None
+        self.attn_drop = nnx.Dropout(dropout, rngs=rngs)
+        self.out_drop = nnx.Dropout(dropout, rngs=rngs)
+
+    def __call__(self, x: Array, mask: Array | None = None, intermediates: Intermediates | None = None) -> Array:
+        x = self.norm(x)
+        b, n, _ = x.shape
+        qkv = self.to_qkv(x).reshape(b, n, 3, self.heads, -1)
+        q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
+        record = intermediates is not None and intermediates.with_attn
+        if record or not (self.attn_drop.deterministic or self.attn_drop.rate == 0.0):
+            attn = attention_weights(q, k, mask)
+            if record:
+                intermediates.attn.append(attn)
+            out = jnp.einsum("bhqk,bkhd->bqhd", self.attn_drop(attn), v)
+        else:
+            out = jax.nn.dot_product_attention(q, k, v, mask=mask)
+        out = out.reshape(b, n, -1)
+        return self.out_drop(self.to_out(out) if self.to_out is not None else out)
+
+
+class FeedForward(nnx.Module):
+    """Pre-norm MLP: LayerNorm, Linear, GELU (exact), Dropout, Linear, Dropout."""
+
+    def __init__(
+        self,
+        dim: int,
+        hidden_dim: int,
+        dropout: float = 0.0,
+        *,
+        eps: float = 1e-5,
+        dtype: jnp.dtype | None = None,
+        rngs: nnx.Rngs,
+    ) -> None:
+        self.norm = layer_norm(dim, eps, rngs, dtype)
+        self.fc1 = nnx.Linear(dim, hidden_dim, dtype=dtype, rngs=rngs)
+        self.fc2 = nnx.Linear(hidden_dim, dim, dtype=dtype, rngs=rngs)
+        self.drop = nnx.Dropout(dropout, rngs=rngs)
+        self.act = gelu
+
+    def __call__(self, x: Array) -> Array:
+        return self.drop(self.fc2(self.drop(self.act(self.fc1(self.norm(x))))))
+
+
+class Block(nnx.Module):
+    """One residual transformer block: ``x + attn(x)``, then ``x + ff(x)``."""
+
+    def __init__(self, attn: Attention, ff: FeedForward) -> None:
+        self.attn = attn
+        self.ff = ff
+
+    def __call__(self, x: Array, mask: Array | None = None, intermediates: Intermediates | None = None) -> Array:
+        x = x + self.attn(x, mask, intermediates)
+        return x + self.ff(x)
+
+
+class Transformer(nnx.Module):
+    """A stack of pre-norm blocks followed by a final LayerNorm."""
+
+    def __init__(
+        self,
+        dim: int,
+        depth: int,
+        heads: int,
+        dim_head: int,
+        mlp_dim: int,
+        dropout: float = 0.0,
+        *,
+        out_bias: bool = True,
+        eps: float = 1e-5,
+        dtype: jnp.dtype | None = None,
+        rngs: nnx.Rngs,
+    ) -> None:
+        self.blocks = nnx.List(
+            [
+                Block(
+                    Attention(dim, heads, dim_head, dropout, out_bias=out_bias, eps=eps, dtype=dtype, rngs=rngs),
+                    FeedForward(dim, mlp_dim, dropout, eps=eps, dtype=dtype, rngs=rngs),
+                )
+                for _ in range(depth)
+            ]
+        )
+        self.norm = layer_norm(dim, eps, rngs, dtype)
+
+    def __call__(self, x: Array, mask: Array | None = None, intermediates: Intermediates | None = None) -> Array:
+        for block in self.blocks:
+            x = block(x, mask, intermediates)
+            if intermediates is not None:
+                intermediates.blocks.append(x)
+        return self.norm(x)
+
+
+class PatchEmbed(nnx.Module):
+    """Cut ``(b, *spatial, c)`` into non-overlapping patches of any number of axes and embed them.
+
+    Each patch is flattened as ``(*patch, c)``, normalized, projected to ``dim`` and normalized again.
+    Returns the tokens ``(b, n, dim)`` and the patch grid.
+    """
+
+    def __init__(
+        self,
+        patch_size: tuple[int, ...],
+        channels: int,
+        dim: int,
+        *,
+        eps: float = 1e-5,
+        dtype: jnp.dtype | None = None,
+        rngs: nnx.Rngs,
+    ) -> None:
+        self.patch_size = tuple(patch_size)
+        patch_dim = channels * math.prod(self.patch_size)
+        self.pre_norm = layer_norm(patch_dim, eps, rngs, dtype)
+        self.proj = nnx.Linear(patch_dim, dim, dtype=dtype, rngs=rngs)
+        self.post_norm = layer_norm(dim, eps, rngs, dtype)
+
+    def __call__(self, x: Array) -> tuple[Array, tuple[int, ...]]:
+        tokens = self.post_norm(self.proj(self.pre_norm(patchify(x, self.patch_size))))
+        return tokens, grid_of(x.shape[1:-1], self.patch_size)
+
+
+def grid_of(spatial: tuple[int, ...], patch_size: tuple[int, ...]) -> tuple[int, ...]:
+    return tuple(s // p for s, p in zip(spatial, patch_size))
+
+
+def patchify(x: Array, patch_size: tuple[int, ...]) -> Array:
+    """``(b, *spatial, c)`` to ``(b, n_patches, prod(patch) * c)``, patches in row-major grid order."""
+    b, *spatial, c = x.shape
+    n = len(patch_size)
+    split = [b]
+    for s, p in zip(spatial, patch_size):
+        split += [s // p, p]
+    order = [0, *range(1, 1 + 2 * n, 2), *range(2, 2 + 2 * n, 2), 1 + 2 * n]
+    return x.reshape(*split, c).transpose(order).reshape(b, -1, c * math.prod(patch_size))
+
+
+def crop_grid(pos: Array, full_grid: tuple[int, ...], grid: tuple[int, ...]) -> Array:
+    """Positional embeddings ``(1, prod(full_grid), d)`` cut to the top-left ``grid`` of the same layout."""
+    if tuple(grid) == tuple(full_grid):
+        return pos
+    pos = pos.reshape(1, *full_grid, -1)[(slice(None), *(slice(0, g) for g in grid))]
+    return pos.reshape(1, math.prod(grid), -1)
+
+
+def sincos_posemb(grid: tuple[int, ...], dim: int, temperature: float = 10000.0) -> Array:
+    """Fixed sin-cos embedding ``(prod(grid), dim)`` for an n-D grid (shared numpy table)."""
+    return jnp.asarray(sincos_table(tuple(grid), dim, temperature))
+
+
+def default_rngs(rngs: nnx.Rngs | None) -> nnx.Rngs:
+    """The given ``rngs``, or ``nnx.Rngs(0)`` so that torch-style constructors run unchanged."""
+    return nnx.Rngs(0) if rngs is None else rngs

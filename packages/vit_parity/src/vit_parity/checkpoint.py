@@ -1,0 +1,138 @@
+"""The checkpoint format: a folder holding ``model.safetensors`` and ``config.json``.
+
+``config.json`` names the architecture, its constructor arguments, the tensor layout ('torch' or
+'flax') and the kind of every module, so a checkpoint converts without either framework and loads
+in both backends. Keys are dotted module paths. Writes are atomic: a folder is built beside the
+destination and renamed into place, so a failure leaves what was there before.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from safetensors.numpy import load_file, save_file
+
+from vit_parity.config import from_json, to_json
+from vit_parity.convert import LAYOUTS, convert
+
+FORMAT = "vit-checkpoint"
+VERSION = 1
+WEIGHTS = "model.safetensors"
+CONFIG = "config.json"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be read or does not fit what was asked of it."""
+
+
+@dataclass
+class Checkpoint:
+    """Tensors (numpy, in ``layout``) and the description needed to rebuild the model."""
+
+    arch: str
+    config: dict[str, Any]
+    layout: str
+    kinds: dict[str, str]
+    tensors: dict[str, np.ndarray]
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_layout(self, layout: str) -> Checkpoint:
+        """This checkpoint with its tensors converted to ``layout``."""
+        if layout == self.layout:
+            return self
+        tensors = convert(self.tensors, self.kinds, source=self.layout, target=layout)
+        return Checkpoint(self.arch, self.config, layout, self.kinds, tensors, self.extra)
+
+
+def _replace_dir(tmp: Path, dst: Path) -> None:
+    if dst.exists() and not dst.is_dir():
+        raise CheckpointError(f"checkpoint path {dst} exists and is not a folder")
+    old = None
+    if dst.exists():
+        old = dst.with_name(f".{dst.name}.old-{os.getpid()}")
+        os.replace(dst, old)
+    os.replace(tmp, dst)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def save(ckpt: Checkpoint, path: str | os.PathLike[str]) -> Path:
+    """Write ``ckpt`` to the folder ``path`` atomically; return the path."""
+    if ckpt.layout not in LAYOUTS:
+        raise CheckpointError(f"layout must be one of {LAYOUTS}, got {ckpt.layout!r}")
+    dst = Path(path)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    meta = {
+        "format": FORMAT,
+        "version": VERSION,
+        "arch": ckpt.arch,
+        "layout": ckpt.layout,
+        "config": to_json(ckpt.config),
+        "modules": dict(ckpt.kinds),
+        **({"extra": ckpt.extra} if ckpt.extra else {}),
+    }
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.tmp-", dir=dst.parent))
+    try:
+        tensors = {k: np.ascontiguousarray(v) for k, v in ckpt.tensors.items()}
+        save_file(tensors, str(tmp / WEIGHTS), metadata={"format": FORMAT, "layout": ckpt.layout})
+        (tmp / CONFIG).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+        _replace_dir(tmp, dst)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return dst
+
+
+def read_config(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The parsed ``config.json`` of a checkpoint folder, validated."""
+    src = Path(path)
+    cfg_path = src / CONFIG
+    if not src.is_dir():
+        raise CheckpointError(f"checkpoint {src} not found (expected a folder with {WEIGHTS} and {CONFIG})")
+    if not cfg_path.is_file() or not (src / WEIGHTS).is_file():
+        raise CheckpointError(f"checkpoint {src} must contain {WEIGHTS} and {CONFIG}")
+    try:
+        meta = json.loads(cfg_path.read_text())
+    except json.JSONDecodeError as err:
+        raise CheckpointError(f"{cfg_path} is not valid JSON: {err}") from None
+    if meta.get("format") != FORMAT:
+        raise CheckpointError(f"{cfg_path} is not a {FORMAT} config (format={meta.get('format')!r})")
+    for key in ("arch", "layout", "config", "modules"):
+        if key not in meta:
+            raise CheckpointError(f"{cfg_path} lacks the field {key!r}")
+    if meta["layout"] not in LAYOUTS:
+        raise CheckpointError(f"{cfg_path}: layout must be one of {LAYOUTS}, got {meta['layout']!r}")
+    return meta
+
+
+def load(path: str | os.PathLike[str], *, arch: str | None = None) -> Checkpoint:
+    """Read a checkpoint folder; with ``arch``, fail unless the checkpoint is of that architecture."""
+    meta = read_config(path)
+    if arch is not None and meta["arch"] != arch:
+        raise CheckpointError(f"checkpoint {path} holds architecture {meta['arch']!r}, expected {arch!r}")
+    try:
+        tensors = load_file(str(Path(path) / WEIGHTS))
+    except Exception as err:  # safetensors raises its own error types
+        raise CheckpointError(f"cannot read {Path(path) / WEIGHTS}: {err}") from None
+    return Checkpoint(
+        arch=meta["arch"],
+        config=from_json(meta["config"]),
+        layout=meta["layout"],
+        kinds=dict(meta["modules"]),
+        tensors=tensors,
+        extra=meta.get("extra", {}),
+    )
+
+
+def convert_checkpoint(src: str | os.PathLike[str], dst: str | os.PathLike[str], *, to: str) -> Path:
+    """Rewrite the checkpoint ``src`` in the ``to`` layout at ``dst`` (no framework needed)."""
+    if to not in LAYOUTS:
+        raise CheckpointError(f"--to must be one of {LAYOUTS}, got {to!r}")
+    return save(load(src).to_layout(to), dst)

@@ -1,0 +1,85 @@
+"""Save and load vit_torch models in the shared checkpoint format (see ``vit_parity.checkpoint``)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from vit_parity import checkpoint as ckpt_io
+from vit_parity import spec
+from vit_parity.convert import check_state
+
+_KINDS: tuple[tuple[type[nn.Module], str], ...] = (
+    (nn.Linear, "linear"),
+    (nn.modules.conv._ConvNd, "conv"),
+    (nn.LayerNorm, "layernorm"),
+    (nn.GroupNorm, "groupnorm"),
+    (nn.RMSNorm, "rmsnorm"),
+    (nn.modules.batchnorm._BatchNorm, "batchnorm"),
+    (nn.Embedding, "embedding"),
+)
+
+
+def module_kinds(model: nn.Module) -> dict[str, str]:
+    """``{module path: kind}`` for every module holding parameters; bare parameters are kind 'param'."""
+    kinds: dict[str, str] = {}
+    for path, module in model.named_modules():
+        kind = next((k for t, k in _KINDS if isinstance(module, t)), None)
+        if kind is not None:
+            if any(True for _ in module.parameters(recurse=False)) or kind == "batchnorm":
+                kinds[path] = kind
+            continue
+        for name, _ in module.named_parameters(recurse=False):
+            kinds[f"{path}.{name}" if path else name] = "param"
+    return kinds
+
+
+def state_numpy(model: nn.Module) -> dict[str, np.ndarray]:
+    """The model's ``state_dict`` as numpy arrays (detached copies, on the CPU)."""
+    return {k: v.detach().cpu().numpy().copy() for k, v in model.state_dict().items()}
+
+
+def to_checkpoint(model: nn.Module) -> ckpt_io.Checkpoint:
+    """Describe ``model`` (architecture, constructor arguments, module kinds, tensors) as a checkpoint."""
+    if not hasattr(model, "config"):
+        raise TypeError(f"{type(model).__name__} does not record its config; decorate it with @records_config")
+    return ckpt_io.Checkpoint(
+        arch=spec.arch_of(type(model), "torch"),
+        config=dict(model.config),
+        layout="torch",
+        kinds=module_kinds(model),
+        tensors=state_numpy(model),
+    )
+
+
+def load_state(model: nn.Module, ckpt: ckpt_io.Checkpoint) -> nn.Module:
+    """Copy ``ckpt``'s tensors (either layout) into ``model`` after checking every key and shape."""
+    arch = spec.arch_of(type(model), "torch")
+    if ckpt.arch != arch:
+        raise ckpt_io.CheckpointError(f"checkpoint holds architecture {ckpt.arch!r}, the model is {arch!r}")
+    tensors = ckpt.to_layout("torch").tensors
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    check_state(tensors, expected)
+    model.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in tensors.items()})
+    return model
+
+
+def save(model: nn.Module, path: str | os.PathLike[str]) -> Path:
+    """Save ``model`` to the checkpoint folder ``path`` (atomic)."""
+    return ckpt_io.save(to_checkpoint(model), path)
+
+
+def load(path: str | os.PathLike[str]) -> nn.Module:
+    """Build the model a checkpoint (saved by either backend) describes and load its weights."""
+    ckpt = ckpt_io.load(path)
+    model = spec.get(ckpt.arch).load_class("torch")(**ckpt.config)
+    return load_state(model, ckpt).eval()
+
+
+def load_weights(model: nn.Module, path: str | os.PathLike[str]) -> nn.Module:
+    """Load a checkpoint's weights into an existing ``model`` of the same architecture."""
+    return load_state(model, ckpt_io.load(path))

@@ -1,0 +1,74 @@
+"""Every architecture in the spec: shapes, gradients, train/eval behaviour, registry coverage."""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+
+import pytest
+import torch
+from torch import nn
+
+import vit_torch
+from vit_parity import spec
+
+CASES = [pytest.param(a, c, id=f"{a.name}-{c.name}") for a in spec.REGISTRY.values() for c in a.cases]
+
+
+def build(arch: spec.ArchSpec, case: spec.Case, seed: int = 0) -> tuple[nn.Module, list[torch.Tensor]]:
+    torch.manual_seed(seed)
+    model = arch.load_class("torch")(**case.config)
+    inputs = [torch.from_numpy(inp.sample(seed + i)) for i, inp in enumerate(case.inputs)]
+    return model, inputs
+
+
+@pytest.mark.parametrize(("arch", "case"), CASES)
+def test_output_shape_and_gradients(arch: spec.ArchSpec, case: spec.Case) -> None:
+    model, inputs = build(arch, case)
+    model.train()
+    out = model(*inputs)
+    assert tuple(out.shape) == case.output_shape()
+    assert torch.isfinite(out).all()
+    out.square().mean().backward()
+    for name, p in model.named_parameters():
+        assert p.grad is not None, f"{name} got no gradient"
+        assert torch.isfinite(p.grad).all(), name
+    assert any(p.grad.abs().sum() > 0 for p in model.parameters())
+
+
+@pytest.mark.parametrize(("arch", "case"), CASES)
+def test_eval_is_deterministic_and_train_uses_dropout(arch: spec.ArchSpec, case: spec.Case) -> None:
+    model, inputs = build(arch, case)
+    model.eval()
+    with torch.no_grad():
+        assert torch.equal(model(*inputs), model(*inputs))
+    has_dropout = any(isinstance(m, nn.Dropout) and m.p > 0 for m in model.modules())
+    if has_dropout:
+        model.train()
+        torch.manual_seed(1)
+        a = model(*inputs)
+        torch.manual_seed(2)
+        assert not torch.allclose(a, model(*inputs))
+
+
+def _exported_models() -> list[type]:
+    found = []
+    for info in pkgutil.iter_modules(vit_torch.__path__):
+        module = importlib.import_module(f"vit_torch.{info.name}")
+        for name in getattr(module, "__all__", []):
+            obj = getattr(module, name)
+            if isinstance(obj, type) and issubclass(obj, nn.Module) and obj.__module__ == module.__name__:
+                found.append(obj)
+    return found
+
+
+def test_every_exported_model_has_a_spec_entry() -> None:
+    models = _exported_models()
+    assert {m.__name__ for m in models} >= {"ViT", "SimpleViT"}
+    for cls in models:
+        spec.arch_of(cls, "torch")  # raises when the entry is missing
+
+
+def test_every_spec_entry_exists_in_torch() -> None:
+    for arch in spec.REGISTRY.values():
+        assert issubclass(arch.load_class("torch"), nn.Module), arch.name
