@@ -66,7 +66,7 @@ def test_smaller_image_uses_matching_part_of_the_grid() -> None:
 
 def test_simple_vit_positions_are_the_2d_sincos_table() -> None:
     model = SimpleViT(image_size=(32, 16), patch_size=8, **SMALL)
-    table = torch.from_numpy(sincos_table((4, 2), 32))
+    table = torch.tensor(sincos_table((4, 2), 32))
     torch.testing.assert_close(model.pos_embedding[0], table)
     # the table itself against the formula of Beyer et al.: x.sin, x.cos, y.sin, y.cos
     omega = 1.0 / 10000 ** (torch.arange(8, dtype=torch.float64) / 7)
