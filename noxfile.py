@@ -45,10 +45,9 @@ def tests_flax(session: nox.Session) -> None:
 
 @nox.session
 def parity(session: nox.Session) -> None:
-    """The shared core's tests, cross-backend parity tests, and `vit check --all`."""
+    """The shared core's tests and the cross-backend parity tests (every spec case, every block)."""
     session.install(*PIN, CORE, TORCH, FLAX, "pytest")
     session.run("pytest", "packages/vit_parity/tests", *session.posargs)
-    session.run("vit", "check", "--all")
 
 
 @nox.session
@@ -65,3 +64,18 @@ def lint(session: nox.Session) -> None:
     session.install(*PIN, "ruff")
     session.run("ruff", "check", ".")
     session.run("ruff", "format", "--check", ".")
+
+
+BENCH_PIN = ("-c", "bench/constraints.txt")
+
+
+@nox.session
+def bench(session: nox.Session) -> None:
+    """Throughput and peak memory against vit-pytorch and timm (extra arguments go to bench/compare.py).
+
+    Runs in its own venv pinned by bench/constraints.txt (torch 2.14.1 + torchvision for the reference
+    libraries); writes bench/results.md and bench/results.json.
+    """
+    session.install(*BENCH_PIN, "torch", "torchvision", "vit-pytorch", "timm", "jax", "jaxlib", "flax", "optax")
+    session.install(*BENCH_PIN, CORE, TORCH, FLAX)
+    session.run("python", "bench/compare.py", *session.posargs)
