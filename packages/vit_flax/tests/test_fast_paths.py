@@ -1,0 +1,98 @@
+"""Fast paths users reach for: jit compiles once per shape, and bf16 compute agrees with fp32."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from flax import nnx
+
+from vit_flax import SimpleViT, ViT
+
+SMALL = dict(num_classes=10, dim=32, depth=1, heads=2, mlp_dim=64, dim_head=16)
+TINY = dict(num_classes=10, dim=16, depth=1, heads=2, mlp_dim=32, dim_head=8)
+COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"  # recorded once per XLA compilation
+
+
+@contextmanager
+def count_compiles() -> Iterator[list[str]]:
+    """Collects one entry per XLA backend compilation made inside the block."""
+    seen: list[str] = []
+
+    def listener(event: str, duration: float, **kwargs: object) -> None:
+        if event == COMPILE_EVENT:
+            seen.append(str(kwargs.get("fun_name", "?")))
+
+    jax.monitoring.register_event_duration_secs_listener(listener)
+    try:
+        yield seen
+    finally:
+        jax.monitoring.unregister_event_duration_listener(listener)
+
+
+def test_training_step_compiles_once_per_shape() -> None:
+    model = ViT(image_size=16, patch_size=8, **TINY, dropout=0.1, rngs=nnx.Rngs(0))
+    model.train()
+    optimizer = nnx.Optimizer(model, optax.adamw(1e-3), wrt=nnx.Param)
+
+    @nnx.jit
+    def step(model: ViT, optimizer: nnx.Optimizer, x: jax.Array, y: jax.Array) -> jax.Array:
+        def loss_fn(model: ViT) -> jax.Array:
+            return optax.softmax_cross_entropy_with_integer_labels(model(x), y).mean()
+
+        loss, grads = nnx.value_and_grad(loss_fn)(model)
+        optimizer.update(model, grads)
+        return loss
+
+    keys = jax.random.split(jax.random.key(0), 3)
+    batches = [(jax.random.normal(k, (4, 16, 16, 3)), jnp.arange(4)) for k in keys]
+    with count_compiles() as first:
+        losses = [step(model, optimizer, *batches[0])]
+    assert first, "the first step must compile"
+    with count_compiles() as later:
+        losses += [step(model, optimizer, x, y) for x, y in batches[1:]]
+    assert later == [], f"recompiled for a batch of the same shape: {later}"
+    assert int(optimizer.step[...]) == 3
+    assert all(np.isfinite(float(v)) for v in losses)
+
+
+@pytest.mark.parametrize("cls", [ViT, SimpleViT])
+def test_inference_compiles_once_per_shape(cls: type) -> None:
+    model = cls(image_size=16, patch_size=8, **TINY, rngs=nnx.Rngs(0))
+    model.eval()
+    forward = nnx.jit(lambda m, x: m(x))
+    x0, x1, x2 = jax.random.normal(jax.random.key(1), (3, 2, 16, 16, 3))
+    with count_compiles() as first:
+        a = forward(model, x0)
+    assert first
+    with count_compiles() as later:
+        b = forward(model, x1)
+    assert later == []
+    assert not np.allclose(a, b)  # the new batch was really computed
+    with count_compiles() as new_shape:  # the counter has teeth: a new batch size compiles again
+        forward(model, x2[:1])
+    assert len(new_shape) >= 1
+
+
+@pytest.mark.parametrize("cls", [ViT, SimpleViT])
+def test_bf16_compute_agrees_with_fp32(cls: type) -> None:
+    ref = cls(image_size=32, patch_size=8, **SMALL, rngs=nnx.Rngs(0))
+    fast = cls(image_size=32, patch_size=8, **SMALL, dtype=jnp.bfloat16, rngs=nnx.Rngs(1))
+    nnx.update(fast, nnx.state(ref, nnx.Param))  # same fp32 weights, bf16 compute
+    ref.eval()
+    fast.eval()
+    params = jax.tree.leaves(nnx.state(fast, nnx.Param))
+    assert all(p.dtype == jnp.float32 for p in params)
+    x = jax.random.normal(jax.random.key(2), (8, 32, 32, 3))
+    forward = nnx.jit(lambda m, x: m(x))
+    want, got = forward(ref, x), forward(fast, x)
+    assert got.dtype == jnp.bfloat16
+    got = np.asarray(got, np.float32)
+    rel = np.linalg.norm(got - want) / np.linalg.norm(want)
+    assert 0 < rel < 2e-2, rel
+    np.testing.assert_array_equal(got.argmax(-1), np.asarray(want).argmax(-1))

@@ -1,0 +1,84 @@
+"""Fast paths users reach for: torch.compile (inductor) and bf16 autocast give the eager fp32 numbers."""
+
+from __future__ import annotations
+
+import importlib
+
+import pytest
+import torch
+from torch import nn
+
+from vit_torch import SimpleViT, ViT
+
+TINY = dict(num_classes=5, dim=16, depth=1, heads=2, mlp_dim=32, dim_head=8)
+
+
+def _optional(path: str) -> list[type]:
+    """Model classes that other modules add later; absent ones are simply not parametrized."""
+    module, name = path.split(":")
+    try:
+        return [getattr(importlib.import_module(module), name)]
+    except (ImportError, AttributeError):
+        return []
+
+
+def _build(cls: type, seed: int = 0) -> tuple[nn.Module, torch.Tensor]:
+    torch.manual_seed(seed)
+    if cls.__module__.endswith("vivit"):
+        model = cls(image_size=16, image_patch_size=8, frames=4, frame_patch_size=2, **TINY)
+        x = torch.randn(2, 3, 4, 16, 16)
+    else:
+        model = cls(image_size=16, patch_size=8, **TINY)
+        x = torch.randn(2, 3, 16, 16)
+    return model.eval(), x
+
+
+COMPILED = [ViT, SimpleViT, *_optional("vit_torch.vivit:ViT")]
+
+
+@pytest.mark.parametrize("cls", COMPILED, ids=lambda c: f"{c.__module__.rsplit('.', 1)[-1]}")
+def test_torch_compile_matches_eager(cls: type) -> None:
+    model, x = _build(cls)
+    compiled = torch.compile(model, fullgraph=True)  # fullgraph: a graph break would fail here
+    other = torch.randn_like(x)
+    with torch.no_grad():
+        want = model(x)
+        got = compiled(x)
+        again = compiled(other)  # same shapes: served by the same graph, still correct
+        want_again = model(other)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(again, want_again, rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(want, want_again)
+
+
+@pytest.mark.parametrize("cls", [ViT, SimpleViT])
+def test_bf16_autocast_agrees_with_fp32(cls: type) -> None:
+    torch.manual_seed(0)
+    model = cls(image_size=32, patch_size=8, num_classes=10, dim=64, depth=2, heads=4, mlp_dim=128, dim_head=16).eval()
+    x = torch.randn(8, 3, 32, 32)
+    with torch.no_grad():
+        want = model(x)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            got = model(x)
+    assert got.dtype == torch.bfloat16  # the matmuls really ran in bf16
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+    got = got.float()
+    rel = (got - want).norm() / want.norm()
+    assert 0 < rel < 2e-2, rel
+    torch.testing.assert_close(got.argmax(-1), want.argmax(-1))
+
+
+def test_bf16_autocast_training_step_runs() -> None:
+    torch.manual_seed(0)
+    model = ViT(image_size=32, patch_size=8, num_classes=10, dim=64, depth=2, heads=4, mlp_dim=128, dim_head=16)
+    x, y = torch.randn(4, 3, 32, 32), torch.tensor([0, 1, 2, 3])
+    grads = []
+    for autocast in (False, True):
+        model.zero_grad()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            loss = nn.functional.cross_entropy(model(x), y)
+        loss.backward()
+        grads.append(torch.cat([p.grad.flatten() for p in model.parameters()]))
+    assert all(p.grad.dtype == torch.float32 for p in model.parameters())
+    rel = (grads[1] - grads[0]).norm() / grads[0].norm()
+    assert rel < 5e-2, rel
