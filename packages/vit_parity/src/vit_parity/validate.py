@@ -56,3 +56,20 @@ def check_input(
         if s % p or s == 0:
             raise ValueError(f"{name} {axis} {s} must be a positive multiple of the patch size {p}")
     return spatial
+
+
+def video_geometry(
+    image_size: int | Sequence[int], image_patch_size: int | Sequence[int], frames: int, frame_patch_size: int
+) -> tuple[tuple[int, int, int], tuple[int, int, int]]:
+    """The ``(frames, h, w)`` size and ``(pt, ph, pw)`` tubelet of a video model, validated.
+
+    Raises naming the argument at fault (e.g. frames not divisible by frame_patch_size).
+    """
+    t = as_tuple(frames, 1, "frames")[0]
+    pt = as_tuple(frame_patch_size, 1, "frame_patch_size")[0]
+    h, w = as_tuple(image_size, 2, "image_size")
+    ph, pw = as_tuple(image_patch_size, 2, "image_patch_size")
+    check_divisible((h, w), (ph, pw), "image_size", "image_patch_size")
+    if t % pt:
+        raise ValueError(f"frames {t} must be divisible by frame_patch_size {pt}")
+    return (t, h, w), (pt, ph, pw)
