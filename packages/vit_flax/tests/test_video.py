@@ -9,8 +9,8 @@ import optax
 import pytest
 from flax import nnx
 
-from vit_flax import vivit
-from vit_flax.layers import patchify
+from vit_flax import cct_3d, vivit
+from vit_flax.layers import DropPath, patchify
 from vit_flax.simple_vit_3d import SimpleViT
 from vit_flax.vit_3d import ViT
 
@@ -107,6 +107,68 @@ def test_vivit_factorized_self_attention_matches_an_explicit_loop() -> None:
     agree(model, reference, np.random.default_rng(3).standard_normal((2, 2, 16, 8, 3), dtype=np.float32))
 
 
+CCT = dict(img_size=16, num_frames=4, embedding_dim=24, kernel_size=3, stride=2, padding=1, num_layers=1,
+           num_heads=2, mlp_ratio=1.0, num_classes=4)  # fmt: skip
+
+
+def test_cct_matches_an_explicit_computation_on_a_short_clip() -> None:
+    # frames 4 -> conv 2 (no padding) 3 -> pool 3 (-inf padding 1) 3 -> conv 2 -> pool 2; sides 16 -> 8 -> 4
+    cfg = dict(CCT, n_conv_layers=2, stride=1, frame_kernel_size=2, frame_padding=0, frame_pooling_kernel_size=3,
+               frame_pooling_padding=1, positional_embedding="learnable")  # fmt: skip
+    model = cct_3d.CCT(**cfg, rngs=nnx.Rngs(0))
+    model.eval()
+    assert model.grid == (2, 4, 4)
+    clip = np.random.default_rng(4).standard_normal((2, 4, 8, 16, 3), dtype=np.float32)  # grid (2, 2, 4)
+
+    def reference(m: cct_3d.CCT, x: jax.Array) -> jax.Array:
+        tok = m.tokenizer
+        for conv in tok.convs:
+            x = jax.lax.conv_general_dilated(
+                x, conv.kernel[...], tok.stride, [(p, p) for p in tok.padding],
+                dimension_numbers=("NDHWC", "DHWIO", "NDHWC"),
+            )  # fmt: skip
+            pad = [(0, 0), *((p, p) for p in tok.pool_padding), (0, 0)]
+            x = jax.lax.reduce_window(
+                jnp.maximum(x, 0), -jnp.inf, jax.lax.max, (1, *tok.pool_kernel, 1), (1, *tok.pool_stride, 1), pad
+            )
+        b, t, h, w, d = x.shape
+        x = x.reshape(b, -1, d) + m.positional_emb[...][0].reshape(*m.grid, d)[:t, :h, :w].reshape(-1, d)
+        for block in m.blocks:
+            x = block.norm(x + block.attn(x))
+            x = x + block.ff.fc2(jax.nn.gelu(block.ff.fc1(x), approximate=False))
+        x = m.norm(x)
+        weights = jax.nn.softmax(x @ m.attention_pool.kernel[...][:, 0] + m.attention_pool.bias[...], axis=1)
+        return m.fc(jnp.einsum("bn,bnd->bd", weights, x))
+
+    got = nnx.jit(lambda m, x: m(x))(model, jnp.asarray(clip))
+    np.testing.assert_allclose(got, nnx.jit(reference)(model, jnp.asarray(clip)), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("preset", "layers", "heads", "ratio", "dim"),
+    [("cct_2", 2, 2, 1, 128), ("cct_7", 7, 4, 2, 256), ("cct_16", 16, 6, 3, 384)],
+)
+def test_cct_presets(preset: str, layers: int, heads: int, ratio: int, dim: int) -> None:
+    model = nnx.eval_shape(lambda: getattr(cct_3d, preset)(img_size=32, num_frames=4, num_classes=7))  # shapes only
+    cfg = model.config
+    assert (cfg["num_layers"], cfg["num_heads"], cfg["mlp_ratio"], cfg["embedding_dim"]) == (layers, heads, ratio, dim)
+    assert (cfg["kernel_size"], cfg["stride"], cfg["padding"]) == (3, 1, 1)
+    assert len(model.blocks) == layers and model.blocks[0].ff.fc1.kernel.shape == (dim, dim * ratio)
+    assert model.tokenizer.convs[0].kernel.shape == (3, 3, 3, 3, dim)  # (kt, kh, kw, in, out)
+    assert [b.drop_path.rate for b in model.blocks] == pytest.approx(np.linspace(0, 0.1, layers))
+
+
+def test_drop_path_drops_whole_samples_in_training_only() -> None:
+    layer = DropPath(0.25, rngs=nnx.Rngs(0))
+    x = jnp.ones((4000, 3, 5))
+    per_sample = np.asarray(layer(x)).reshape(4000, -1)
+    assert ((per_sample == 0).all(1) | np.isclose(per_sample, 1 / 0.75).all(1)).all()  # all of a sample or none
+    assert abs((per_sample[:, 0] == 0).mean() - 0.25) < 0.03
+    assert not np.array_equal(layer(x), layer(x))  # the stream advances
+    layer.eval()
+    np.testing.assert_array_equal(layer(x), x)
+
+
 def rngs() -> nnx.Rngs:
     """Dropout keys of the 'rbg' kind: same semantics, a much cheaper compile than threefry on CPU."""
     return nnx.Rngs(params=0, dropout=jax.random.key(0, impl="rbg"))
@@ -118,6 +180,7 @@ VIDEO_MODELS = {
     "simple_vit_3d": lambda: SimpleViT(**GEOM, depth=1, **TINY, rngs=rngs()),
     "vivit-encoder": lambda: vivit.ViT(**VIVIT, rngs=rngs()),
     "vivit-self-attention": lambda: vivit.ViT(**VIVIT, variant="factorized_self_attention", pool="mean", rngs=rngs()),
+    "cct_3d": lambda: cct_3d.CCT(**CCT, positional_embedding="learnable", rngs=rngs()),
 }
 
 
@@ -128,8 +191,9 @@ def test_bad_input_names_the_argument(name: str) -> None:
         model(jnp.zeros((2, 16, 16, 3)))
     with pytest.raises(ValueError, match="video frames 6 is larger than the model's 4"):
         model(jnp.zeros((1, 6, 16, 16, 3)))
-    with pytest.raises(ValueError, match="video frames 3 must be a positive multiple of the patch size 2"):
-        model(jnp.zeros((1, 3, 16, 16, 3)))
+    if name != "cct_3d":  # CCT's convolutions take any number of frames
+        with pytest.raises(ValueError, match="video frames 3 must be a positive multiple of the patch size 2"):
+            model(jnp.zeros((1, 3, 16, 16, 3)))
     with pytest.raises(ValueError, match="video must have channels=3"):
         model(jnp.zeros((1, 4, 16, 16, 1)))
 

@@ -9,8 +9,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from vit_torch import vivit
-from vit_torch.layers import Intermediates, patchify
+from vit_torch import cct_3d, vivit
+from vit_torch.layers import DropPath, Intermediates, patchify
 from vit_torch.simple_vit_3d import SimpleViT
 from vit_torch.vit_3d import ViT
 
@@ -150,12 +150,119 @@ def test_vivit_factorized_self_attention_needs_equal_depths() -> None:
         vivit.ViT(**GEOM, spatial_depth=1, temporal_depth=1, variant="joint", **TINY)
 
 
+CCT = dict(img_size=16, num_frames=4, embedding_dim=24, kernel_size=3, stride=2, padding=1, num_layers=1,
+           num_heads=2, mlp_ratio=1.0, num_classes=4)  # fmt: skip
+
+
+def reference_cct(model: cct_3d.CCT, video: torch.Tensor) -> torch.Tensor:
+    """CCT recomputed from its parameters: explicit conv / pool calls, positions cut from the reshaped grid,
+    each encoder layer written out (norm after the attention residual), sequence pooling as a weighted sum."""
+    tok = model.tokenizer
+    x = video
+    for conv in tok.convs:
+        x = F.conv3d(x, conv.weight, None, tok.stride, tok.padding).clamp(min=0)
+        x = F.max_pool3d(x, tok.pool_kernel, tok.pool_stride, tok.pool_padding)
+    b, d, t, h, w = x.shape
+    x = x.permute(0, 2, 3, 4, 1).reshape(b, t * h * w, d)
+    if model.positional_emb is not None:
+        x = x + model.positional_emb[0].reshape(*model.grid, d)[:t, :h, :w].reshape(t * h * w, d)
+    for block in model.blocks:
+        x = block.norm(x + block.attn(x))
+        x = x + block.ff.fc2(F.gelu(block.ff.fc1(x)))
+    x = model.norm(x)
+    weights = torch.softmax(x @ model.attention_pool.weight[0] + model.attention_pool.bias, dim=1)
+    return model.fc(torch.einsum("bn,bnd->bd", weights, x))
+
+
+@pytest.mark.parametrize("positional_embedding", cct_3d.POSITIONAL_EMBEDDINGS)
+def test_cct_matches_an_explicit_computation_on_short_clips(positional_embedding: str) -> None:
+    torch.manual_seed(0)
+    cfg = dict(CCT, num_layers=2, n_conv_layers=2, stride=1, positional_embedding=positional_embedding)
+    model = cct_3d.CCT(**cfg).eval()
+    assert model.grid == (4, 4, 4)
+    assert model.blocks[1].ff.norm.__class__ is torch.nn.Identity  # the stream is normalized by the layer instead
+    record = Intermediates()
+    for shape in [(2, 3, 4, 16, 16), (2, 3, 2, 8, 16)]:  # the full clip, then grid (2, 2, 4) of (4, 4, 4)
+        clip = torch.randn(shape)
+        with torch.no_grad():
+            torch.testing.assert_close(model(clip, record), reference_cct(model, clip), rtol=1e-5, atol=1e-5)
+    assert len(record.blocks) == 4 and record.blocks[-1].shape == (2, 16, 24)
+
+
+def test_cct_sine_table_is_the_interleaved_1d_sinusoid() -> None:
+    model = cct_3d.CCT(**CCT, positional_embedding="sine")
+    n, d = math.prod(model.grid), 24
+    p = torch.arange(n, dtype=torch.float64)[:, None]
+    i = torch.arange(d)[None, :]
+    angles = p / 10000 ** (2 * (i // 2) / d)
+    want = torch.where(i % 2 == 0, angles.sin(), angles.cos()).float()
+    torch.testing.assert_close(model.positional_emb[0], want, rtol=1e-6, atol=1e-6)
+    assert "positional_emb" not in model.state_dict()  # a fixed table, not a weight
+
+
+def test_cct_tokenizer_grid_and_defaults_follow_the_reference() -> None:
+    model = cct_3d.CCT(img_size=(20, 12), num_frames=5, embedding_dim=16, num_heads=2, num_layers=3,
+                       frame_kernel_size=2, frame_stride=2, kernel_size=5, stride=2, padding=1)  # fmt: skip
+    conv = model.tokenizer.convs[0]
+    assert conv.weight.shape == (16, 3, 2, 5, 5) and conv.bias is None
+    assert conv.padding == (1, 1, 1) and conv.stride == (2, 2, 2)  # frame padding = frame kernel // 2
+    with torch.no_grad():
+        tokens, grid = model.tokenizer(torch.zeros(1, 3, 5, 20, 12))
+    assert grid == model.grid == model.tokenizer.grid((5, 20, 12)) and tokens.shape == (1, math.prod(grid), 16)
+    rates = [b.drop_path.drop_prob for b in model.blocks]
+    assert rates == pytest.approx([0.0, 0.05, 0.1])
+    assert [b.attn.dropout for b in model.blocks] == [0.1] * 3  # attention dropout 0.1, projection dropout 0
+    assert model.blocks[0].attn.out_drop.p == 0.0
+
+
+@pytest.mark.parametrize(
+    ("preset", "layers", "heads", "ratio", "dim"),
+    [("cct_2", 2, 2, 1, 128), ("cct_4", 4, 2, 1, 128), ("cct_6", 6, 4, 2, 256), ("cct_7", 7, 4, 2, 256),
+     ("cct_8", 8, 4, 2, 256), ("cct_14", 14, 6, 3, 384), ("cct_16", 16, 6, 3, 384)],
+)  # fmt: skip
+def test_cct_presets(preset: str, layers: int, heads: int, ratio: int, dim: int) -> None:
+    with torch.device("meta"):  # shapes only
+        model = getattr(cct_3d, preset)(img_size=32, num_frames=4, num_classes=7)
+    cfg = model.config
+    assert (cfg["num_layers"], cfg["num_heads"], cfg["mlp_ratio"], cfg["embedding_dim"]) == (layers, heads, ratio, dim)
+    assert (cfg["kernel_size"], cfg["stride"], cfg["padding"]) == (3, 1, 1)  # kernel 3: stride max(1, 0), pad 1
+    assert len(model.blocks) == layers and model.blocks[0].ff.fc1.out_features == dim * ratio
+    with torch.device("meta"):
+        cfg = getattr(cct_3d, preset)(kernel_size=7, num_frames=4, img_size=32).config
+    assert (cfg["stride"], cfg["padding"]) == (2, 3)
+
+
+def test_cct_bad_arguments() -> None:
+    with pytest.raises(ValueError, match="positional_embedding must be one of"):
+        cct_3d.CCT(**dict(CCT, positional_embedding="rope"))
+    with pytest.raises(ValueError, match="embedding_dim 24 must be divisible by num_heads 5"):
+        cct_3d.CCT(**dict(CCT, num_heads=5))
+    with pytest.raises(ValueError, match=r"the tokenizer leaves no tokens for num_frames x img_size \(4, 2, 16\)"):
+        cct_3d.CCT(**dict(CCT, img_size=(2, 16), padding=0))
+    model = cct_3d.CCT(**dict(CCT, padding=0))
+    with pytest.raises(ValueError, match="too small: the tokenizer leaves no tokens"):
+        model(torch.randn(1, 3, 4, 2, 16))
+
+
+def test_drop_path_drops_whole_samples_in_training_only() -> None:
+    torch.manual_seed(0)
+    layer = DropPath(0.25)
+    x = torch.ones(4000, 3, 5)
+    out = layer(x)
+    per_sample = out.flatten(1)
+    assert ((per_sample == 0).all(1) | (per_sample == 1 / 0.75).all(1)).all()  # all of a sample or none
+    assert abs((per_sample[:, 0] == 0).float().mean().item() - 0.25) < 0.03
+    layer.eval()
+    assert torch.equal(layer(x), x)
+
+
 VIVIT = dict(GEOM, spatial_depth=1, temporal_depth=1, **TINY, dropout=0.1, emb_dropout=0.1)
 VIDEO_MODELS = {
     "vit_3d": lambda: ViT(**GEOM, depth=1, **TINY, dropout=0.1, emb_dropout=0.1),
     "simple_vit_3d": lambda: SimpleViT(**GEOM, depth=1, **TINY),
     "vivit-encoder": lambda: vivit.ViT(**VIVIT),
     "vivit-self-attention": lambda: vivit.ViT(**VIVIT, variant="factorized_self_attention", pool="mean"),
+    "cct_3d": lambda: cct_3d.CCT(**CCT, positional_embedding="learnable"),
 }
 
 
@@ -166,8 +273,9 @@ def test_bad_input_names_the_argument(name: str) -> None:
         model(torch.randn(2, 3, 16, 16))
     with pytest.raises(ValueError, match="video frames 6 is larger than the model's 4"):
         model(torch.randn(1, 3, 6, 16, 16))
-    with pytest.raises(ValueError, match="video frames 3 must be a positive multiple of the patch size 2"):
-        model(torch.randn(1, 3, 3, 16, 16))
+    if name != "cct_3d":  # CCT's convolutions take any number of frames
+        with pytest.raises(ValueError, match="video frames 3 must be a positive multiple of the patch size 2"):
+            model(torch.randn(1, 3, 3, 16, 16))
     with pytest.raises(ValueError, match="video must have channels=3"):
         model(torch.randn(1, 1, 4, 16, 16))
 

@@ -56,6 +56,7 @@ class Attention(nnx.Module):
         dropout: float = 0.0,
         *,
         qkv_bias: bool = False,
+        attn_dropout: float | None = None,
         out_bias: bool = True,
         eps: float = 1e-5,
         dtype: jnp.dtype | None = None,
@@ -67,7 +68,7 @@ class Attention(nnx.Module):
         self.to_qkv = nnx.Linear(dim, inner * 3, use_bias=qkv_bias, dtype=dtype, rngs=rngs)
         project_out = not (heads == 1 and dim_head == dim)
         self.to_out = nnx.Linear(inner, dim, use_bias=out_bias, dtype=dtype, rngs=rngs) if project_out else None
-        self.attn_drop = nnx.Dropout(dropout, rngs=rngs)
+        self.attn_drop = nnx.Dropout(dropout if attn_dropout is None else attn_dropout, rngs=rngs)
         self.out_drop = nnx.Dropout(dropout, rngs=rngs)
 
     def __call__(self, x: Array, mask: Array | None = None, intermediates: Intermediates | None = None) -> Array:
@@ -88,7 +89,7 @@ class Attention(nnx.Module):
 
 
 class FeedForward(nnx.Module):
-    """Pre-norm MLP: LayerNorm, Linear, GELU (exact), Dropout, Linear, Dropout."""
+    """Pre-norm MLP: LayerNorm, Linear, GELU (exact), Dropout, Linear, Dropout (``norm=False``: no LayerNorm)."""
 
     def __init__(
         self,
@@ -97,17 +98,19 @@ class FeedForward(nnx.Module):
         dropout: float = 0.0,
         *,
         eps: float = 1e-5,
+        norm: bool = True,
         dtype: jnp.dtype | None = None,
         rngs: nnx.Rngs,
     ) -> None:
-        self.norm = layer_norm(dim, eps, rngs, dtype)
+        self.norm = layer_norm(dim, eps, rngs, dtype) if norm else None
         self.fc1 = nnx.Linear(dim, hidden_dim, dtype=dtype, rngs=rngs)
         self.fc2 = nnx.Linear(hidden_dim, dim, dtype=dtype, rngs=rngs)
         self.drop = nnx.Dropout(dropout, rngs=rngs)
         self.act = gelu
 
     def __call__(self, x: Array) -> Array:
-        return self.drop(self.fc2(self.drop(self.act(self.fc1(self.norm(x))))))
+        x = x if self.norm is None else self.norm(x)
+        return self.drop(self.fc2(self.drop(self.act(self.fc1(x)))))
 
 
 class Block(nnx.Module):
@@ -217,3 +220,23 @@ def sincos_posemb(grid: tuple[int, ...], dim: int, temperature: float = 10000.0)
 def default_rngs(rngs: nnx.Rngs | None) -> nnx.Rngs:
     """The given ``rngs``, or ``nnx.Rngs(0)`` so that torch-style constructors run unchanged."""
     return nnx.Rngs(0) if rngs is None else rngs
+
+
+class DropPath(nnx.Module):
+    """Stochastic depth ("Deep Networks with Stochastic Depth", Huang et al., 2016): in training, zero each
+    sample's residual branch with probability ``rate`` and scale the kept ones by ``1 / (1 - rate)``.
+
+    Follows ``model.train()`` / ``model.eval()`` like ``nnx.Dropout`` and draws from the 'dropout' stream.
+    """
+
+    def __init__(self, rate: float = 0.0, *, rngs: nnx.Rngs) -> None:
+        self.rate = float(rate)
+        self.deterministic = False
+        self.rngs = rngs["dropout"].fork()
+
+    def __call__(self, x: Array) -> Array:
+        if self.rate == 0.0 or self.deterministic:
+            return x
+        keep = 1.0 - self.rate
+        mask = jax.random.bernoulli(self.rngs(), keep, (x.shape[0],) + (1,) * (x.ndim - 1))
+        return jnp.where(mask, x / keep, jnp.zeros_like(x))

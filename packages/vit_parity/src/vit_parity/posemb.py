@@ -29,3 +29,19 @@ def sincos_table(grid: tuple[int, ...], dim: int, temperature: float = 10000.0) 
     table = np.pad(table, ((0, 0), (0, dim - table.shape[1]))).astype(np.float32)
     table.setflags(write=False)
     return table
+
+
+@lru_cache(maxsize=64)
+def sinusoidal_table(length: int, dim: int, temperature: float = 10000.0) -> np.ndarray:
+    """The 1-D sinusoidal table of "Attention Is All You Need" over ``length`` positions, shape ``(length, dim)``.
+
+    Feature ``i`` of position ``p`` is ``p / temperature ** (2 * (i // 2) / dim)``, through sin on even
+    ``i`` and cos on odd ``i`` (the interleaved layout CCT uses for its flattened token sequence); float32.
+    """
+    if length < 1 or dim < 1:
+        raise ValueError(f"length and dim must be positive, got length={length}, dim={dim}")
+    i = np.arange(dim)
+    angles = np.arange(length, dtype=np.float64)[:, None] / temperature ** (2 * (i // 2) / dim)[None, :]
+    table = np.where(i % 2 == 0, np.sin(angles), np.cos(angles)).astype(np.float32)
+    table.setflags(write=False)
+    return table

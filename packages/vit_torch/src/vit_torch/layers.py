@@ -44,13 +44,14 @@ class Attention(nn.Module):
         dropout: float = 0.0,
         *,
         qkv_bias: bool = False,
+        attn_dropout: float | None = None,
         out_bias: bool = True,
         eps: float = 1e-5,
     ) -> None:
         super().__init__()
         inner = heads * dim_head
         self.heads = heads
-        self.dropout = dropout
+        self.dropout = dropout if attn_dropout is None else attn_dropout
         self.norm = nn.LayerNorm(dim, eps=eps)
         self.to_qkv = nn.Linear(dim, inner * 3, bias=qkv_bias)
         project_out = not (heads == 1 and dim_head == dim)
@@ -71,11 +72,13 @@ class Attention(nn.Module):
 
 
 class FeedForward(nn.Module):
-    """Pre-norm MLP: LayerNorm, Linear, GELU (exact), Dropout, Linear, Dropout."""
+    """Pre-norm MLP: LayerNorm, Linear, GELU (exact), Dropout, Linear, Dropout (``norm=False``: no LayerNorm)."""
 
-    def __init__(self, dim: int, hidden_dim: int, dropout: float = 0.0, *, eps: float = 1e-5) -> None:
+    def __init__(
+        self, dim: int, hidden_dim: int, dropout: float = 0.0, *, eps: float = 1e-5, norm: bool = True
+    ) -> None:
         super().__init__()
-        self.norm = nn.LayerNorm(dim, eps=eps)
+        self.norm = nn.LayerNorm(dim, eps=eps) if norm else nn.Identity()
         self.fc1 = nn.Linear(dim, hidden_dim)
         self.fc2 = nn.Linear(hidden_dim, dim)
         self.drop = nn.Dropout(dropout)
@@ -177,3 +180,19 @@ def crop_grid(pos: Tensor, full_grid: tuple[int, ...], grid: tuple[int, ...]) ->
 def sincos_posemb(grid: tuple[int, ...], dim: int, temperature: float = 10000.0) -> Tensor:
     """Fixed sin-cos embedding ``(prod(grid), dim)`` for an n-D grid (shared numpy table)."""
     return torch.tensor(sincos_table(tuple(grid), dim, temperature))
+
+
+class DropPath(nn.Module):
+    """Stochastic depth ("Deep Networks with Stochastic Depth", Huang et al., 2016): in training, zero each
+    sample's residual branch with probability ``drop_prob`` and scale the kept ones by ``1 / (1 - drop_prob)``."""
+
+    def __init__(self, drop_prob: float = 0.0) -> None:
+        super().__init__()
+        self.drop_prob = float(drop_prob)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.drop_prob == 0.0 or not self.training:
+            return x
+        keep = 1.0 - self.drop_prob
+        mask = torch.rand((x.shape[0],) + (1,) * (x.ndim - 1), device=x.device) < keep
+        return x * mask.to(x.dtype) / keep

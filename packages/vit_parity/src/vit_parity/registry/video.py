@@ -100,3 +100,68 @@ register(
         ),
     )
 )
+
+_CCT = dict(embedding_dim=32, num_layers=2, num_heads=2, mlp_ratio=2.0, num_classes=10)
+
+register(
+    ArchSpec(
+        name="cct_3d",
+        torch="vit_torch.cct_3d:CCT",
+        flax="vit_flax.cct_3d:CCT",
+        paper="Escaping the Big Data Paradigm with Compact Transformers (Hassani et al., 2021), on videos",
+        cases=(
+            # wide padding: border tokens see few inputs, so their features have a small variance and a
+            # wrong LayerNorm eps shows at 1e-5 (the first case is the one the tampering tests use)
+            Case(
+                "learnable-wide-padding",
+                dict(
+                    _CCT,
+                    img_size=12,
+                    num_frames=4,
+                    frame_padding=2,
+                    kernel_size=3,
+                    stride=2,
+                    padding=2,
+                    positional_embedding="learnable",
+                ),
+                (video(t=4, h=12, w=12),),
+                ("b", 10),
+            ),
+            Case(
+                "sine-two-convs-shorter-clip",
+                dict(
+                    _CCT,
+                    img_size=16,
+                    num_frames=4,
+                    n_conv_layers=2,
+                    kernel_size=3,
+                    stride=1,
+                    padding=1,
+                    frame_pooling_kernel_size=2,
+                    frame_pooling_stride=2,
+                    num_layers=1,
+                    positional_embedding="sine",
+                ),
+                (video(t=2, h=8, w=16),),
+                ("b", 10),
+            ),
+            Case(
+                "none-even-frame-kernel",
+                dict(
+                    _CCT,
+                    img_size=(16, 12),
+                    num_frames=4,
+                    frame_kernel_size=2,
+                    kernel_size=3,
+                    stride=2,
+                    padding=1,
+                    num_layers=1,
+                    positional_embedding="none",
+                    n_input_channels=1,
+                ),
+                (video(c=1, t=4, h=16, w=12),),
+                ("b", 10),
+            ),
+        ),
+    )
+)
