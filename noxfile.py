@@ -77,5 +77,5 @@ def bench(session: nox.Session) -> None:
     libraries); writes bench/results.md and bench/results.json.
     """
     session.install(*BENCH_PIN, "torch", "torchvision", "vit-pytorch", "timm", "jax", "jaxlib", "flax", "optax")
-    session.install(*BENCH_PIN, CORE, TORCH, FLAX)
+    session.install(*BENCH_PIN, "-e", CORE, "-e", TORCH, "-e", FLAX)  # editable: measure the working tree
     session.run("python", "bench/compare.py", *session.posargs)
