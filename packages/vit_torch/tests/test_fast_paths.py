@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from vit_torch import SimpleViT, ViT
+from vit_torch.layers import FeedForward, _GeluLinear
 
 TINY = dict(num_classes=5, dim=16, depth=1, heads=2, mlp_dim=32, dim_head=8)
 
@@ -82,3 +85,52 @@ def test_bf16_autocast_training_step_runs() -> None:
     assert all(p.grad.dtype == torch.float32 for p in model.parameters())
     rel = (grads[1] - grads[0]).norm() / grads[0].norm()
     assert rel < 5e-2, rel
+
+
+def _saved_bytes(fn: Callable[[], torch.Tensor]) -> tuple[torch.Tensor, int]:
+    """Runs ``fn`` and returns its output and the bytes autograd keeps for the backward pass."""
+    seen: dict[int, int] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        seen[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = fn()
+    return out, sum(seen.values())
+
+
+def test_feed_forward_keeps_one_hidden_activation_and_gives_autograds_gradients() -> None:
+    torch.manual_seed(0)
+    ff = FeedForward(16, 64)
+    x = torch.randn(3, 5, 16, requires_grad=True)
+
+    def plain() -> torch.Tensor:  # the same MLP written with autograd's own ops
+        return ff.fc2(F.gelu(ff.fc1(ff.norm(x))))
+
+    want, plain_bytes = _saved_bytes(plain)
+    got, fast_bytes = _saved_bytes(lambda: ff(x))
+    torch.testing.assert_close(got, want, rtol=0, atol=0)
+    hidden = 3 * 5 * 64 * 4
+    assert plain_bytes - fast_bytes >= hidden, (plain_bytes, fast_bytes)
+    g = torch.randn_like(want)
+    params = [x, *ff.parameters()]
+    want_grads = torch.autograd.grad(want, params, g)
+    got_grads = torch.autograd.grad(got, params, g)
+    for name, a, b in zip(["x", *dict(ff.named_parameters())], got_grads, want_grads):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=name)
+    h, w, b = (torch.randn(*s, dtype=torch.double, requires_grad=True) for s in ((2, 3, 8), (4, 8), (4,)))
+    assert torch.autograd.gradcheck(_GeluLinear.apply, (h, w, b))
+    assert torch.autograd.gradcheck(_GeluLinear.apply, (h, w, None))
+
+
+def test_feed_forward_with_dropout_in_training_keeps_the_plain_path() -> None:
+    torch.manual_seed(0)
+    ff = FeedForward(16, 64, dropout=0.5).train()
+    x = torch.randn(3, 5, 16, requires_grad=True)
+    torch.manual_seed(1)
+    out = ff(x)
+    torch.manual_seed(1)
+    h = ff.fc1(ff.norm(x))
+    want = F.dropout(ff.fc2(F.dropout(F.gelu(h), 0.5)), 0.5)
+    torch.testing.assert_close(out, want)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -71,6 +72,38 @@ class Attention(nn.Module):
         return self.out_drop(self.to_out(out.transpose(1, 2).flatten(2)))
 
 
+class _GeluLinear(torch.autograd.Function):
+    """``linear(gelu(h), weight, bias)`` whose backward recomputes the GELU from ``h``.
+
+    Plain autograd keeps both ``h`` and ``gelu(h)`` (each ``hidden_dim`` wide) until the backward pass;
+    this keeps ``h`` only, which cuts a training step's activation memory by about a quarter.
+    """
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(h: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+        return F.linear(F.gelu(h), weight, bias)
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: tuple, output: Tensor) -> None:
+        h, weight, bias = inputs
+        ctx.save_for_backward(h, weight)
+        ctx.has_bias = bias is not None
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
+        h, weight = ctx.saved_tensors
+        grad_h = grad_w = grad_b = None
+        if ctx.needs_input_grad[0]:  # computed in the dtype of grad, as autocast's own linear backward does
+            grad_h = torch.ops.aten.gelu_backward(grad @ weight.to(grad.dtype), h)
+        if ctx.needs_input_grad[1]:
+            grad_w = grad.flatten(0, -2).T @ F.gelu(h).flatten(0, -2)
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            grad_b = grad.flatten(0, -2).sum(0)
+        return grad_h, grad_w, grad_b
+
+
 class FeedForward(nn.Module):
     """Pre-norm MLP: LayerNorm, Linear, GELU (exact), Dropout, Linear, Dropout (``norm=False``: no LayerNorm)."""
 
@@ -84,7 +117,10 @@ class FeedForward(nn.Module):
         self.drop = nn.Dropout(dropout)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.drop(self.fc2(self.drop(F.gelu(self.fc1(self.norm(x))))))
+        h = self.fc1(self.norm(x))
+        if torch.is_grad_enabled() and not h.is_nested and (self.drop.p == 0 or not self.training):
+            return self.drop(_GeluLinear.apply(h, self.fc2.weight, self.fc2.bias))  # same numbers, less memory
+        return self.drop(self.fc2(self.drop(F.gelu(h))))
 
 
 class Block(nn.Module):
