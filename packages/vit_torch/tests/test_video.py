@@ -315,3 +315,23 @@ def test_training_lowers_the_loss_and_eval_is_deterministic(name: str) -> None:
     after = eval_loss()
     assert after < 0.9 * before, (before, after)
     assert math.isfinite(after) and np.isfinite(before)
+
+
+def test_inflated_image_vit_gives_the_image_logits_on_a_still_clip() -> None:
+    """2D ViT -> ViViT (factorized self-attention) through the framework-free inflation, loaded in torch."""
+    from vit_parity.inflate import inflate
+    from vit_torch import ViT as ImageViT
+    from vit_torch.checkpoint import load_state, to_checkpoint
+
+    torch.manual_seed(0)
+    image_model = ImageViT(image_size=16, patch_size=8, depth=2, **TINY).eval()
+    for method in ("average", "central"):
+        ckpt = inflate(to_checkpoint(image_model), "vivit", frames=4, frame_patch_size=2, method=method,
+                       variant="factorized_self_attention")  # fmt: skip
+        video_model = load_state(vivit.ViT(**ckpt.config), ckpt).eval()
+        frame = torch.randn(2, 3, 16, 16)
+        still = frame[:, :, None].expand(2, 3, 4, 16, 16)
+        with torch.no_grad():
+            torch.testing.assert_close(video_model(still), image_model(frame), rtol=1e-5, atol=1e-5)
+            moving = torch.randn(2, 3, 4, 16, 16)
+            assert not torch.allclose(video_model(moving), image_model(moving[:, :, 0]), atol=1e-3)
