@@ -19,7 +19,7 @@ CASES = [pytest.param(a, c, id=f"{a.name}-{c.name}") for a in spec.REGISTRY.valu
 
 def build(arch: spec.ArchSpec, case: spec.Case, seed: int = 0) -> tuple[nnx.Module, list[jax.Array]]:
     model = arch.load_class("flax")(**case.config, rngs=nnx.Rngs(seed))
-    inputs = [jnp.asarray(inp.to_backend(inp.sample(seed + i), "flax")) for i, inp in enumerate(case.inputs)]
+    inputs = list(spec.map_arrays(jnp.asarray, case.sample("flax", seed)))
     return model, inputs
 
 
@@ -37,7 +37,7 @@ def loss_grads(model: nnx.Module, *inputs: jax.Array) -> nnx.State:
 def test_forward_backward_train_and_eval(arch: spec.ArchSpec, case: spec.Case) -> None:
     model, inputs = build(arch, case)
     model.train()
-    out = forward(model, *inputs)
+    out = case.logits("flax", inputs, forward(model, *inputs))
     assert out.shape == case.output_shape()
     assert bool(jnp.all(jnp.isfinite(out)))
 

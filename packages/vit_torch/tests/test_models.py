@@ -18,7 +18,7 @@ CASES = [pytest.param(a, c, id=f"{a.name}-{c.name}") for a in spec.REGISTRY.valu
 def build(arch: spec.ArchSpec, case: spec.Case, seed: int = 0) -> tuple[nn.Module, list[torch.Tensor]]:
     torch.manual_seed(seed)
     model = arch.load_class("torch")(**case.config)
-    inputs = [torch.from_numpy(inp.sample(seed + i)) for i, inp in enumerate(case.inputs)]
+    inputs = list(spec.map_arrays(torch.from_numpy, case.sample("torch", seed)))
     return model, inputs
 
 
@@ -26,7 +26,7 @@ def build(arch: spec.ArchSpec, case: spec.Case, seed: int = 0) -> tuple[nn.Modul
 def test_output_shape_and_gradients(arch: spec.ArchSpec, case: spec.Case) -> None:
     model, inputs = build(arch, case)
     model.train()
-    out = model(*inputs)
+    out = case.logits("torch", inputs, model(*inputs))
     assert tuple(out.shape) == case.output_shape()
     assert torch.isfinite(out).all()
     out.square().mean().backward()

@@ -69,7 +69,7 @@ def to_checkpoint(model: nnx.Module) -> ckpt_io.Checkpoint:
 def load_state(model: nnx.Module, ckpt: ckpt_io.Checkpoint) -> nnx.Module:
     """Copy ``ckpt``'s tensors (either layout) into ``model`` after checking every key and shape."""
     arch = spec.arch_of(type(model), "flax")
-    if ckpt.arch != arch:
+    if not spec.same_weights(ckpt.arch, arch):
         raise ckpt_io.CheckpointError(f"checkpoint holds architecture {ckpt.arch!r}, the model is {arch!r}")
     tensors = ckpt.to_layout("flax").tensors
     flat = nnx.to_flat_state(nnx.state(model, _WEIGHTS))

@@ -46,6 +46,9 @@ class Attention(nnx.Module):
 
     ``__call__(x, mask)`` takes ``x`` of shape ``(b, n, dim)`` and an optional boolean ``mask``
     broadcastable to ``(b, heads, n, n)``, True where a query may attend to a key.
+    ``qk_norm`` adds an RMSNorm over each head's queries and keys ("Scaling Vision Transformers to
+    22B Parameters"). ``__call__(x, mask, context=c)`` is cross-attention: queries from ``x``, keys
+    and values from ``c`` (not normalized here), through the same ``to_qkv`` weights.
     """
 
     def __init__(
@@ -59,6 +62,7 @@ class Attention(nnx.Module):
         attn_dropout: float | None = None,
         out_bias: bool = True,
         eps: float = 1e-5,
+        qk_norm: bool = False,
         dtype: jnp.dtype | None = None,
         rngs: nnx.Rngs,
     ) -> None:
@@ -70,12 +74,26 @@ class Attention(nnx.Module):
         self.to_out = nnx.Linear(inner, dim, use_bias=out_bias, dtype=dtype, rngs=rngs) if project_out else None
         self.attn_drop = nnx.Dropout(dropout if attn_dropout is None else attn_dropout, rngs=rngs)
         self.out_drop = nnx.Dropout(dropout, rngs=rngs)
+        self.q_norm = nnx.RMSNorm(dim_head, epsilon=eps, dtype=dtype, rngs=rngs) if qk_norm else None
+        self.k_norm = nnx.RMSNorm(dim_head, epsilon=eps, dtype=dtype, rngs=rngs) if qk_norm else None
 
-    def __call__(self, x: Array, mask: Array | None = None, intermediates: Intermediates | None = None) -> Array:
+    def __call__(
+        self,
+        x: Array,
+        mask: Array | None = None,
+        intermediates: Intermediates | None = None,
+        *,
+        context: Array | None = None,
+    ) -> Array:
         x = self.norm(x)
         b, n, _ = x.shape
-        qkv = self.to_qkv(x).reshape(b, n, 3, self.heads, -1)
-        q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
+        if context is None:
+            q, k, v = jnp.split(self.to_qkv(x), 3, axis=-1)
+        else:
+            q, k, v = (_linear_part(self.to_qkv, t, i, 3) for i, t in enumerate((x, context, context)))
+        q, k, v = (t.reshape(*t.shape[:-1], self.heads, -1) for t in (q, k, v))
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
         record = intermediates is not None and intermediates.with_attn
         if record or not (self.attn_drop.deterministic or self.attn_drop.rate == 0.0):
             attn = attention_weights(q, k, mask)
@@ -86,6 +104,15 @@ class Attention(nnx.Module):
             out = jax.nn.dot_product_attention(q, k, v, mask=mask)
         out = out.reshape(b, n, -1)
         return self.out_drop(self.to_out(out) if self.to_out is not None else out)
+
+
+def _linear_part(linear: nnx.Linear, x: Array, part: int, parts: int) -> Array:
+    """The ``part``-th of ``parts`` equal slices of ``linear(x)``'s features, computing only that slice."""
+    kernel = jnp.split(linear.kernel[...], parts, axis=-1)[part]
+    bias = None if linear.bias is None else jnp.split(linear.bias[...], parts)[part]
+    dtype = linear.dtype or jnp.result_type(x, kernel)
+    y = jnp.dot(x.astype(dtype), kernel.astype(dtype), precision=linear.precision)
+    return y if bias is None else y + bias.astype(dtype)
 
 
 class FeedForward(nnx.Module):
@@ -139,13 +166,24 @@ class Transformer(nnx.Module):
         *,
         out_bias: bool = True,
         eps: float = 1e-5,
+        qk_norm: bool = False,
         dtype: jnp.dtype | None = None,
         rngs: nnx.Rngs,
     ) -> None:
         self.blocks = nnx.List(
             [
                 Block(
-                    Attention(dim, heads, dim_head, dropout, out_bias=out_bias, eps=eps, dtype=dtype, rngs=rngs),
+                    Attention(
+                        dim,
+                        heads,
+                        dim_head,
+                        dropout,
+                        out_bias=out_bias,
+                        eps=eps,
+                        qk_norm=qk_norm,
+                        dtype=dtype,
+                        rngs=rngs,
+                    ),
                     FeedForward(dim, mlp_dim, dropout, eps=eps, dtype=dtype, rngs=rngs),
                 )
                 for _ in range(depth)
@@ -187,6 +225,10 @@ class PatchEmbed(nnx.Module):
     def __call__(self, x: Array) -> tuple[Array, tuple[int, ...]]:
         tokens = self.post_norm(self.proj(self.pre_norm(patchify(x, self.patch_size))))
         return tokens, grid_of(x.shape[1:-1], self.patch_size)
+
+    def embed(self, patches: Array) -> Array:
+        """Embed patches already cut by :func:`patchify`: ``(..., prod(patch) * c)`` to ``(..., dim)``."""
+        return self.post_norm(self.proj(self.pre_norm(patches)))
 
 
 def grid_of(spatial: tuple[int, ...], patch_size: tuple[int, ...]) -> tuple[int, ...]:

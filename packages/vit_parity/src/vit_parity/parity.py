@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from vit_parity.spec import ArchSpec, Case
+from vit_parity.spec import ArchSpec, Case, map_arrays
 
 RTOL = 1e-5
 ATOL = 1e-5
@@ -95,17 +95,17 @@ def run_case(
     torch_model, flax_model = build_pair(spec, case, seed)
     if tamper is not None:
         tamper(flax_model)
-    inputs = [inp.sample(seed + i) for i, inp in enumerate(case.inputs)]
+    t_in = map_arrays(torch.from_numpy, case.sample("torch", seed))
+    f_in = map_arrays(jnp.asarray, case.sample("flax", seed))
     t_inter, f_inter = torch_layers.Intermediates(), flax_layers.Intermediates()
     with strict_float32(), torch.no_grad():
-        t_out = torch_model(*(torch.from_numpy(x) for x in inputs), intermediates=t_inter)
-        f_out = flax_model(
-            *(jnp.asarray(inp.to_backend(x, "flax")) for inp, x in zip(case.inputs, inputs)),
-            intermediates=f_inter,
-        )
-    diffs = [compare("logits", np.asarray(f_out), t_out.numpy(), rtol, atol)]
+        t_out = torch_model(*t_in, intermediates=t_inter)
+        f_out = flax_model(*f_in, intermediates=f_inter)
+    logits = (np.asarray(case.logits("flax", f_in, f_out)), case.logits("torch", t_in, t_out).numpy())
+    diffs = [compare("logits", *logits, rtol, atol)]
     if len(t_inter.blocks) != len(f_inter.blocks):
         diffs.append(Diff(f"blocks: torch {len(t_inter.blocks)} vs flax {len(f_inter.blocks)}", np.inf, np.inf, False))
     for i, (t, f) in enumerate(zip(t_inter.blocks, f_inter.blocks)):
-        diffs.append(compare(f"block {i}", np.asarray(f), t.numpy(), rtol, atol))
+        got, want = np.asarray(case.tokens("flax", f_in, f)), case.tokens("torch", t_in, t).numpy()
+        diffs.append(compare(f"block {i}", got, want, rtol, atol))
     return diffs

@@ -44,18 +44,68 @@ class Input:
         return np.ascontiguousarray(np.transpose(x, order))
 
 
+class CaseHook:
+    """Builds a case's inputs and reads its outputs, for models that do not take one array per :class:`Input`.
+
+    For example NaViT takes lists of images of different sizes in torch and packed arrays in flax.
+    A hook stays framework-free: ``sample`` returns numpy arrays (in lists where the model takes
+    lists; the tests convert every array with :func:`map_arrays`), and ``logits`` / ``tokens`` may
+    only index and reshape what they are given.
+    """
+
+    def sample(self, case: Case, backend: str, seed: int) -> tuple[Any, ...]:
+        """The model's positional arguments for ``backend``, seeded."""
+        raise NotImplementedError
+
+    def logits(self, case: Case, backend: str, inputs: tuple[Any, ...], out: Any) -> Any:
+        """The model's output in the common form, of shape ``case.output_shape()``."""
+        return out
+
+    def tokens(self, case: Case, backend: str, inputs: tuple[Any, ...], block: Any) -> Any:
+        """One transformer block's output in the common form that parity compares (e.g. real tokens only)."""
+        return block
+
+
+def map_arrays(fn: Any, tree: Any) -> Any:
+    """Apply ``fn`` to every numpy array of ``tree`` (nested lists and tuples), keeping the structure."""
+    if isinstance(tree, np.ndarray):
+        return fn(tree)
+    if isinstance(tree, (list, tuple)):
+        return type(tree)(map_arrays(fn, t) for t in tree)
+    return tree
+
+
 @dataclass(frozen=True)
 class Case:
-    """A small config of an architecture, the inputs it takes and the output shape it must give."""
+    """A small config of an architecture, the inputs it takes and the output shape it must give.
+
+    ``hook`` (a :class:`CaseHook`) builds the inputs and reads the outputs of models that do not
+    take one array per :class:`Input`; ``inputs`` then only describe them (and size the output).
+    """
 
     name: str
     config: Mapping[str, Any]
     inputs: tuple[Input, ...]
     output: tuple[int | str, ...]
+    hook: CaseHook | None = None
 
     def output_shape(self) -> tuple[int, ...]:
         sizes = self.inputs[0].sizes
         return tuple(sizes[d] if isinstance(d, str) else d for d in self.output)
+
+    def sample(self, backend: str, seed: int = 0) -> tuple[Any, ...]:
+        """The model's positional inputs for ``backend`` as numpy arrays: one seeded array per input by default."""
+        if self.hook is not None:
+            return tuple(self.hook.sample(self, backend, seed))
+        return tuple(inp.to_backend(inp.sample(seed + i), backend) for i, inp in enumerate(self.inputs))
+
+    def logits(self, backend: str, inputs: tuple[Any, ...], out: Any) -> Any:
+        """The output of ``model(*inputs)`` in the common form (the output itself by default)."""
+        return out if self.hook is None else self.hook.logits(self, backend, inputs, out)
+
+    def tokens(self, backend: str, inputs: tuple[Any, ...], block: Any) -> Any:
+        """A block's output in the form parity compares (the output itself by default)."""
+        return block if self.hook is None else self.hook.tokens(self, backend, inputs, block)
 
 
 @dataclass(frozen=True)
@@ -67,6 +117,9 @@ class ArchSpec:
     flax: str
     paper: str
     cases: tuple[Case, ...] = field(default_factory=tuple)
+    # False where the flax class is a counterpart under another file name: the jagged nested-tensor
+    # NaViTs have no flax mirror and share the packed model (and so its checkpoints).
+    mirror: bool = True
 
     def path(self, backend: str) -> str:
         if backend not in BACKENDS:
@@ -102,6 +155,12 @@ def get(name: str) -> ArchSpec:
         return REGISTRY[name]
     except KeyError:
         raise KeyError(f"unknown architecture {name!r}; known: {sorted(REGISTRY)}") from None
+
+
+def same_weights(a: str, b: str) -> bool:
+    """Whether checkpoints of architecture ``a`` load into models of ``b``: the same entry, or entries
+    naming the same flax class (e.g. NaViT masked and nested in torch, both packed in flax)."""
+    return a == b or (a in REGISTRY and b in REGISTRY and REGISTRY[a].flax == REGISTRY[b].flax)
 
 
 def arch_of(cls: type, backend: str) -> str:

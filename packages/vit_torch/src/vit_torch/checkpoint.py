@@ -59,7 +59,7 @@ def to_checkpoint(model: nn.Module) -> ckpt_io.Checkpoint:
 def load_state(model: nn.Module, ckpt: ckpt_io.Checkpoint) -> nn.Module:
     """Copy ``ckpt``'s tensors (either layout) into ``model`` after checking every key and shape."""
     arch = spec.arch_of(type(model), "torch")
-    if ckpt.arch != arch:
+    if not spec.same_weights(ckpt.arch, arch):
         raise ckpt_io.CheckpointError(f"checkpoint holds architecture {ckpt.arch!r}, the model is {arch!r}")
     tensors = ckpt.to_layout("torch").tensors
     expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}

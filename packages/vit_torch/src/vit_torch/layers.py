@@ -35,6 +35,10 @@ class Attention(nn.Module):
 
     ``forward(x, mask)`` takes ``x`` of shape ``(b, n, dim)`` and an optional boolean ``mask``
     broadcastable to ``(b, heads, n, n)``, True where a query may attend to a key.
+    ``qk_norm`` adds an RMSNorm over each head's queries and keys ("Scaling Vision Transformers to
+    22B Parameters"). ``forward(x, mask, context=c)`` is cross-attention: queries from ``x``, keys
+    and values from ``c`` (not normalized here), through the same ``to_qkv`` weights. ``x`` may be a
+    jagged nested tensor (``torch.nested``, ``layout=torch.jagged``) when there is no mask.
     """
 
     def __init__(
@@ -48,6 +52,7 @@ class Attention(nn.Module):
         attn_dropout: float | None = None,
         out_bias: bool = True,
         eps: float = 1e-5,
+        qk_norm: bool = False,
     ) -> None:
         super().__init__()
         inner = heads * dim_head
@@ -58,10 +63,28 @@ class Attention(nn.Module):
         project_out = not (heads == 1 and dim_head == dim)
         self.to_out = nn.Linear(inner, dim, bias=out_bias) if project_out else nn.Identity()
         self.out_drop = nn.Dropout(dropout)
+        self.q_norm = nn.RMSNorm(dim_head, eps=eps) if qk_norm else None
+        self.k_norm = nn.RMSNorm(dim_head, eps=eps) if qk_norm else None
 
-    def forward(self, x: Tensor, mask: Tensor | None = None, intermediates: Intermediates | None = None) -> Tensor:
+    def forward(
+        self,
+        x: Tensor,
+        mask: Tensor | None = None,
+        intermediates: Intermediates | None = None,
+        *,
+        context: Tensor | None = None,
+    ) -> Tensor:
         x = self.norm(x)
-        q, k, v = self.to_qkv(x).unflatten(-1, (3, self.heads, -1)).permute(2, 0, 3, 1, 4)
+        if context is None:
+            q, k, v = self.to_qkv(x).chunk(3, dim=-1)
+        else:
+            w = self.to_qkv.weight.chunk(3)
+            b = (None,) * 3 if self.to_qkv.bias is None else self.to_qkv.bias.chunk(3)
+            q, k, v = F.linear(x, w[0], b[0]), F.linear(context, w[1], b[1]), F.linear(context, w[2], b[2])
+        q, k, v = (self._split_heads(t) for t in (q, k, v))
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
+        q, k, v = (t.transpose(1, 2) for t in (q, k, v))
         if intermediates is not None and intermediates.with_attn:
             attn = attention_weights(q, k, mask)
             intermediates.attn.append(attn)
@@ -69,7 +92,11 @@ class Attention(nn.Module):
         else:
             p = self.dropout if self.training else 0.0
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p)
-        return self.out_drop(self.to_out(out.transpose(1, 2).flatten(2)))
+        return self.out_drop(self.to_out(out.transpose(1, 2).flatten(-2)))
+
+    def _split_heads(self, t: Tensor) -> Tensor:
+        """``(b, n, heads * d)`` to ``(b, n, heads, d)``; fused attention wants jagged tensors contiguous."""
+        return (t.contiguous() if t.is_nested else t).unflatten(-1, (self.heads, -1))
 
 
 class _GeluLinear(torch.autograd.Function):
@@ -150,11 +177,12 @@ class Transformer(nn.Module):
         *,
         out_bias: bool = True,
         eps: float = 1e-5,
+        qk_norm: bool = False,
     ) -> None:
         super().__init__()
         self.blocks = nn.ModuleList(
             Block(
-                Attention(dim, heads, dim_head, dropout, out_bias=out_bias, eps=eps),
+                Attention(dim, heads, dim_head, dropout, out_bias=out_bias, eps=eps, qk_norm=qk_norm),
                 FeedForward(dim, mlp_dim, dropout, eps=eps),
             )
             for _ in range(depth)
@@ -188,6 +216,10 @@ class PatchEmbed(nn.Module):
         return self.post_norm(self.proj(self.pre_norm(patchify(x, self.patch_size)))), grid_of(
             x.shape[2:], self.patch_size
         )
+
+    def embed(self, patches: Tensor) -> Tensor:
+        """Embed patches already cut by :func:`patchify`: ``(..., prod(patch) * c)`` to ``(..., dim)``."""
+        return self.post_norm(self.proj(self.pre_norm(patches)))
 
 
 def grid_of(spatial: tuple[int, ...] | torch.Size, patch_size: tuple[int, ...]) -> tuple[int, ...]:
