@@ -147,3 +147,110 @@ def test_first_fit_decreasing_fills_a_mixed_resolution_workload() -> None:
     p = packing.pack([int(h * w) for h, w in sides], 1024)
     assert len(p.groups) == math.ceil(p.num_tokens / 1024)  # no sequence more than the minimum
     assert p.fill >= 0.98
+
+
+# --- the three implementations: torch masked, torch nested, flax packed -------------------------------
+
+torch = pytest.importorskip("torch")
+nnx = pytest.importorskip("flax.nnx")
+
+from vit_parity import spec  # noqa: E402
+from vit_parity.parity import strict_float32  # noqa: E402
+
+# the spec's 2-D shapes and config (minus dropout), so that eager flax ops compiled by the parity tests are reused
+CFG = dict(spec.get("navit").case().config, dropout=0.0, emb_dropout=0.0, token_dropout_prob=0.5)
+SIDES = [(32, 32), (16, 32), (8, 24), (32, 16), (8, 8), (24, 8)]
+SHAPE = dict(group_max_seq_len=24, max_images=4, num_seqs=3)
+
+
+def _three() -> tuple[object, object, object]:
+    """Torch masked, torch nested and flax packed NaViT holding the same weights."""
+    from vit_flax.checkpoint import load_state
+    from vit_flax.na_vit import NaViT as FlaxNaViT
+    from vit_torch.checkpoint import to_checkpoint
+    from vit_torch.na_vit import NaViT
+    from vit_torch.na_vit_nested_tensor import NaViT as NestedNaViT
+
+    torch.manual_seed(0)
+    masked, nested = NaViT(**CFG), NestedNaViT(**CFG)
+    nested.load_state_dict(masked.state_dict())
+    packed = FlaxNaViT(**CFG, rngs=nnx.Rngs(0))
+    load_state(packed, to_checkpoint(nested))
+    return masked, nested, packed
+
+
+def _images(seed: int) -> list[np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return [rng.standard_normal((3, *s), dtype=np.float32) for s in SIDES]
+
+
+@pytest.mark.filterwarnings("ignore:The PyTorch API of nested tensors:UserWarning")
+def test_the_packers_groups_give_the_same_logits_in_all_three() -> None:
+    from vit_torch.layers import Intermediates
+
+    masked, nested, packed = _three()
+    masked.eval(), nested.eval(), packed.eval()
+    images = _images(1)
+    rec_masked, rec_nested = Intermediates(), Intermediates()
+    with strict_float32(), torch.no_grad():
+        t_images = [torch.from_numpy(im) for im in images]
+        a = masked(t_images, group_images=True, group_max_seq_len=24, intermediates=rec_masked).numpy()
+        b = nested(t_images, intermediates=rec_nested).numpy()
+        batch = packing.pack_images([im.transpose(1, 2, 0) for im in images], patch_size=(8, 8), **SHAPE)
+        c = np.asarray(batch.unpack(packed(*batch.arrays)))
+    np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(c, a, rtol=1e-5, atol=1e-5)
+    # every block's real tokens too: masked (padded to the longest group) and jagged
+    layout = packing.pack(batch.packing.lengths, 24)
+    for t_masked, t_nested in zip(rec_masked.blocks, rec_nested.blocks):
+        s, n, d = t_masked.shape
+        real = t_masked.reshape(s * n, d)[layout.token_index(n)]
+        np.testing.assert_allclose(t_nested.values().numpy(), real.numpy(), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.filterwarnings("ignore:The PyTorch API of nested tensors:UserWarning")
+def test_with_token_dropout_an_explicit_keep_mask_makes_all_three_agree() -> None:
+    masked, nested, packed = _three()
+    masked.train(), nested.train(), packed.train()  # token dropout on, dropout off
+    images = _images(2)
+    grids = [(h // 8, w // 8) for h, w in SIDES]
+    keep = packing.keep_masks(grids, 0.5, np.random.default_rng(3), (8, 8))
+    with strict_float32(), torch.no_grad():
+        t_images, t_keep = [torch.from_numpy(im) for im in images], [torch.from_numpy(k) for k in keep]
+        a = masked(t_images, group_images=True, group_max_seq_len=24, keep=t_keep).numpy()
+        b = nested(t_images, keep=t_keep).numpy()
+        last = [im.transpose(1, 2, 0) for im in images]
+        dropped = packing.pack_images(last, patch_size=(8, 8), keep=keep, **SHAPE)  # dropped before packing
+        c = np.asarray(dropped.unpack(packed(*dropped.arrays, keep=dropped.segment_ids > 0)))
+        full = packing.pack_images(last, patch_size=(8, 8), **SHAPE)  # dropped in the model
+        mask = np.zeros(full.segment_ids.shape, bool)
+        mask.reshape(-1)[full.packing.token_index(24)] = np.concatenate([k.reshape(-1) for k in keep])
+        d = np.asarray(full.unpack(packed(*full.arrays, keep=mask)))
+        # and without the mask, every backend drops tokens at random: the logits move
+        e = masked(t_images, group_images=True, group_max_seq_len=24).numpy()
+    assert sum(int(k.sum()) for k in keep) < sum(k.size for k in keep)
+    for got in (b, c, d):
+        np.testing.assert_allclose(got, a, rtol=1e-5, atol=1e-5)
+    assert not np.allclose(e, a)
+
+
+@pytest.mark.filterwarnings("ignore:The PyTorch API of nested tensors:UserWarning")
+def test_nested_checkpoints_load_into_the_packed_and_the_masked_model(tmp_path: object) -> None:
+    import vit_flax
+    import vit_torch
+
+    masked, nested, _ = _three()
+    torch.manual_seed(1)
+    for p in nested.parameters():  # weights of its own
+        p.data.normal_()
+    vit_torch.save(nested.eval(), tmp_path / "nested")
+    packed = vit_flax.load(tmp_path / "nested")
+    vit_torch.load_weights(masked, tmp_path / "nested")
+    images = _images(4)
+    with strict_float32(), torch.no_grad():
+        want = nested([torch.from_numpy(im) for im in images]).numpy()
+        got = masked.eval()([torch.from_numpy(im) for im in images], group_images=True, group_max_seq_len=24)
+        batch = packing.pack_images([im.transpose(1, 2, 0) for im in images], patch_size=(8, 8), **SHAPE)
+        flax_out = np.asarray(batch.unpack(packed(*batch.arrays)))
+    np.testing.assert_allclose(got.numpy(), want, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(flax_out, want, rtol=1e-5, atol=1e-5)

@@ -57,9 +57,17 @@ def token_dropout_fn(token_dropout_prob: TokenDropout) -> Callable[..., float] |
     prob = float(token_dropout_prob)
     if not 0.0 <= prob < 1.0:
         raise ValueError(f"token_dropout_prob must be in [0, 1), got {prob}")
-    if prob == 0.0:
-        return None
-    return lambda *sides: prob
+    return None if prob == 0.0 else ConstantDropout(prob)
+
+
+@dataclass(frozen=True)
+class ConstantDropout:
+    """The same token-dropout probability for every image (compares by value, so compiled models can share it)."""
+
+    prob: float
+
+    def __call__(self, *sides: Any) -> float:
+        return self.prob
 
 
 def check_image(

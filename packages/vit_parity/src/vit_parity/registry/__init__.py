@@ -1,3 +1,3 @@
 """Spec entries, one module per model family."""
 
-from vit_parity.registry import image, video  # noqa: F401
+from vit_parity.registry import image, navit, video  # noqa: F401
