@@ -79,3 +79,11 @@ def bench(session: nox.Session) -> None:
     session.install(*BENCH_PIN, "torch", "torchvision", "vit-pytorch", "timm", "jax", "jaxlib", "flax", "optax")
     session.install(*BENCH_PIN, "-e", CORE, "-e", TORCH, "-e", FLAX)  # editable: measure the working tree
     session.run("python", "bench/compare.py", *session.posargs)
+
+
+@nox.session
+def bench_navit(session: nox.Session) -> None:
+    """NaViT packing: the packer's fill and packed vs padded forward passes (extra arguments go to bench/navit.py)."""
+    session.install(*PIN, CORE, TORCH, FLAX)
+    args = session.posargs or ["--backends", "torch,flax", "--json", "bench/navit.json"]
+    session.run("python", "bench/navit.py", *args)
