@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -20,6 +22,17 @@ SHAPE = dict(group_max_seq_len=24, max_images=4, num_seqs=3)
 def _images(sides: list[tuple[int, ...]], seed: int = 0, c: int = 3) -> list[np.ndarray]:
     rng = np.random.default_rng(seed)
     return [rng.standard_normal((*s, c), dtype=np.float32) for s in sides]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def quick_compile() -> Iterator[None]:
+    """XLA without most optimizations: these tiny programs compile faster, and only compare with each other."""
+    before = jax.config.read("jax_disable_most_optimizations")
+    jax.config.update("jax_disable_most_optimizations", True)
+    try:
+        yield
+    finally:
+        jax.config.update("jax_disable_most_optimizations", before)
 
 
 @pytest.fixture(scope="module")

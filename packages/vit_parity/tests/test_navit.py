@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 
-from vit_parity import packing
+from vit_parity import packing, spec
+from vit_parity.parity import strict_float32
 
 
 def _naive_ffd(lengths: list[int], cap: int, max_images: int | None = None) -> list[list[int]]:
@@ -151,20 +155,32 @@ def test_first_fit_decreasing_fills_a_mixed_resolution_workload() -> None:
 
 # --- the three implementations: torch masked, torch nested, flax packed -------------------------------
 
-torch = pytest.importorskip("torch")
-nnx = pytest.importorskip("flax.nnx")
-
-from vit_parity import spec  # noqa: E402
-from vit_parity.parity import strict_float32  # noqa: E402
-
 # the spec's 2-D shapes and config (minus dropout), so that eager flax ops compiled by the parity tests are reused
 CFG = dict(spec.get("navit").case().config, dropout=0.0, emb_dropout=0.0, token_dropout_prob=0.5)
 SIDES = [(32, 32), (16, 32), (8, 24), (32, 16), (8, 8), (24, 8)]
 SHAPE = dict(group_max_seq_len=24, max_images=4, num_seqs=3)
 
 
-def _three() -> tuple[object, object, object]:
-    """Torch masked, torch nested and flax packed NaViT holding the same weights."""
+@pytest.fixture
+def three() -> Iterator[tuple[Any, Any, Any]]:
+    """Torch masked, torch nested and flax packed NaViT holding the same weights (both backends needed).
+
+    XLA runs without most optimizations meanwhile: the eager flax ops compile faster, fp32 numbers alike.
+    """
+    pytest.importorskip("torch")
+    jax = pytest.importorskip("jax")
+    before = jax.config.read("jax_disable_most_optimizations")
+    jax.config.update("jax_disable_most_optimizations", True)
+    try:
+        yield _three()
+    finally:
+        jax.config.update("jax_disable_most_optimizations", before)
+
+
+def _three() -> tuple[Any, Any, Any]:
+    import torch
+    from flax import nnx
+
     from vit_flax.checkpoint import load_state
     from vit_flax.na_vit import NaViT as FlaxNaViT
     from vit_torch.checkpoint import to_checkpoint
@@ -185,10 +201,12 @@ def _images(seed: int) -> list[np.ndarray]:
 
 
 @pytest.mark.filterwarnings("ignore:The PyTorch API of nested tensors:UserWarning")
-def test_the_packers_groups_give_the_same_logits_in_all_three() -> None:
+def test_the_packers_groups_give_the_same_logits_in_all_three(three: tuple[Any, Any, Any]) -> None:
+    import torch
+
     from vit_torch.layers import Intermediates
 
-    masked, nested, packed = _three()
+    masked, nested, packed = three
     masked.eval(), nested.eval(), packed.eval()
     images = _images(1)
     rec_masked, rec_nested = Intermediates(), Intermediates()
@@ -209,8 +227,10 @@ def test_the_packers_groups_give_the_same_logits_in_all_three() -> None:
 
 
 @pytest.mark.filterwarnings("ignore:The PyTorch API of nested tensors:UserWarning")
-def test_with_token_dropout_an_explicit_keep_mask_makes_all_three_agree() -> None:
-    masked, nested, packed = _three()
+def test_with_token_dropout_an_explicit_keep_mask_makes_all_three_agree(three: tuple[Any, Any, Any]) -> None:
+    import torch
+
+    masked, nested, packed = three
     masked.train(), nested.train(), packed.train()  # token dropout on, dropout off
     images = _images(2)
     grids = [(h // 8, w // 8) for h, w in SIDES]
@@ -235,11 +255,15 @@ def test_with_token_dropout_an_explicit_keep_mask_makes_all_three_agree() -> Non
 
 
 @pytest.mark.filterwarnings("ignore:The PyTorch API of nested tensors:UserWarning")
-def test_nested_checkpoints_load_into_the_packed_and_the_masked_model(tmp_path: object) -> None:
+def test_nested_checkpoints_load_into_the_packed_and_the_masked_model(
+    three: tuple[Any, Any, Any], tmp_path: Path
+) -> None:
+    import torch
+
     import vit_flax
     import vit_torch
 
-    masked, nested, _ = _three()
+    masked, nested, _ = three
     torch.manual_seed(1)
     for p in nested.parameters():  # weights of its own
         p.data.normal_()
