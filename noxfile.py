@@ -15,6 +15,8 @@ PIN = ("-c", "constraints.txt")
 CORE = "./packages/vit_parity"
 TORCH = "./packages/vit_torch"
 FLAX = "./packages/vit_flax"
+# Two pytest workers: XLA and inductor compile on one core each, so the test runs use both cores.
+PYTEST = ("pytest", "-n", "2")
 
 
 def assert_absent(session: nox.Session, *modules: str) -> None:
@@ -30,24 +32,24 @@ def assert_absent(session: nox.Session, *modules: str) -> None:
 @nox.session
 def tests_torch(session: nox.Session) -> None:
     """vit_torch's tests in a venv without JAX."""
-    session.install(*PIN, CORE, TORCH, "pytest")
+    session.install(*PIN, CORE, TORCH, "pytest", "pytest-xdist")
     assert_absent(session, "jax", "flax")
-    session.run("pytest", "packages/vit_torch/tests", *session.posargs)
+    session.run(*PYTEST, "packages/vit_torch/tests", *session.posargs)
 
 
 @nox.session
 def tests_flax(session: nox.Session) -> None:
     """vit_flax's tests in a venv without torch."""
-    session.install(*PIN, CORE, FLAX, "pytest")
+    session.install(*PIN, CORE, FLAX, "pytest", "pytest-xdist")
     assert_absent(session, "torch")
-    session.run("pytest", "packages/vit_flax/tests", *session.posargs)
+    session.run(*PYTEST, "packages/vit_flax/tests", *session.posargs)
 
 
 @nox.session
 def parity(session: nox.Session) -> None:
     """The shared core's tests and the cross-backend parity tests (every spec case, every block)."""
-    session.install(*PIN, CORE, TORCH, FLAX, "pytest")
-    session.run("pytest", "packages/vit_parity/tests", *session.posargs)
+    session.install(*PIN, CORE, TORCH, FLAX, "pytest", "pytest-xdist")
+    session.run(*PYTEST, "packages/vit_parity/tests", *session.posargs)
 
 
 @nox.session

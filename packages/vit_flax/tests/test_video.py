@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -18,17 +16,6 @@ from vit_flax.vit_3d import ViT
 
 TINY = dict(num_classes=4, dim=24, heads=2, mlp_dim=32, dim_head=12)
 GEOM = dict(image_size=16, frames=4, image_patch_size=8, frame_patch_size=2)
-
-
-@pytest.fixture(autouse=True)
-def quick_compile() -> Iterator[None]:
-    """XLA without most optimizations: the tiny programs of this file compile about a third faster."""
-    before = jax.config.read("jax_disable_most_optimizations")
-    jax.config.update("jax_disable_most_optimizations", True)
-    try:
-        yield
-    finally:
-        jax.config.update("jax_disable_most_optimizations", before)
 
 
 def tubelets(video: np.ndarray, pt: int, ph: int, pw: int) -> np.ndarray:

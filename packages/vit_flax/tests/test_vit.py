@@ -101,6 +101,14 @@ def test_seed_example_runs_without_rngs() -> None:
     assert "rngs" not in model.config
 
 
+@pytest.mark.parametrize("cls", [ViT, SimpleViT])
+def test_jit_matches_eager(cls: type) -> None:
+    model = cls(image_size=32, patch_size=8, **SMALL, rngs=nnx.Rngs(0))
+    model.eval()
+    img = jax.random.normal(jax.random.key(0), (2, 32, 32, 3))
+    np.testing.assert_allclose(nnx.jit(lambda m, x: m(x))(model, img), model(img), rtol=1e-5, atol=1e-5)
+
+
 def test_jit_compiles_once_per_shape() -> None:
     model = ViT(image_size=32, patch_size=8, **SMALL, rngs=nnx.Rngs(0))
     model.eval()
