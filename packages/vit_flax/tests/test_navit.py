@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -22,17 +20,6 @@ SHAPE = dict(group_max_seq_len=24, max_images=4, num_seqs=3)
 def _images(sides: list[tuple[int, ...]], seed: int = 0, c: int = 3) -> list[np.ndarray]:
     rng = np.random.default_rng(seed)
     return [rng.standard_normal((*s, c), dtype=np.float32) for s in sides]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def quick_compile() -> Iterator[None]:
-    """XLA without most optimizations: these tiny programs compile faster, and only compare with each other."""
-    before = jax.config.read("jax_disable_most_optimizations")
-    jax.config.update("jax_disable_most_optimizations", True)
-    try:
-        yield
-    finally:
-        jax.config.update("jax_disable_most_optimizations", before)
 
 
 @pytest.fixture(scope="module")
@@ -68,7 +55,8 @@ def test_a_stream_of_different_batches_compiles_once(model: NaViT) -> None:
         assert not np.any(out[batch.image_ids < 0])  # empty slots are zeros
         logits.append(batch.unpack(out))
         traces.append(len(TRACES))
-    assert traces[0] - before == 1 and traces[-1] == traces[0]  # the first batch compiles, the others reuse it
+    assert traces[0] - before <= 1  # the first batch compiles (unless a test before compiled these shapes)
+    assert traces[-1] == traces[0]  # the other batches reuse it
     # the same image gets the same logits whatever it is packed with
     np.testing.assert_allclose(logits[0][0], logits[2][0], rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(logits[0][2], logits[1][1], rtol=1e-5, atol=1e-5)
