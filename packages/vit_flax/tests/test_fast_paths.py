@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, redirect_stdout
+from io import StringIO
 
 import jax
 import jax.numpy as jnp
@@ -11,8 +12,10 @@ import numpy as np
 import optax
 import pytest
 from flax import nnx
+from jax.ad_checkpoint import print_saved_residuals
 
 from vit_flax import SimpleViT, ViT
+from vit_flax.layers import FeedForward
 
 SMALL = dict(num_classes=10, dim=32, depth=1, heads=2, mlp_dim=64, dim_head=16)
 TINY = dict(num_classes=10, dim=16, depth=1, heads=2, mlp_dim=32, dim_head=8)
@@ -96,3 +99,28 @@ def test_bf16_compute_agrees_with_fp32(cls: type) -> None:
     rel = np.linalg.norm(got - want) / np.linalg.norm(want)
     assert 0 < rel < 2e-2, rel
     np.testing.assert_array_equal(got.argmax(-1), np.asarray(want).argmax(-1))
+
+
+def test_feed_forward_keeps_few_hidden_activations_for_the_backward_pass() -> None:
+    ff = FeedForward(8, 32, rngs=nnx.Rngs(0))
+    graphdef, state, rest = nnx.split(ff, nnx.Param, ...)
+    x = jax.random.normal(jax.random.key(0), (2, 5, 8))
+
+    def loss(state: nnx.State, x: jax.Array) -> jax.Array:
+        return nnx.merge(graphdef, state, rest)(x).sum()
+
+    def hidden_residuals(fn: Callable) -> int:
+        """How many arrays of the hidden width autodiff keeps for the backward pass."""
+        with redirect_stdout(StringIO()) as listing:
+            print_saved_residuals(fn, state, x)
+        return sum(line.startswith("f32[2,5,32] ") for line in listing.getvalue().splitlines())
+
+    def plain(state: nnx.State, x: jax.Array) -> jax.Array:  # the same MLP with the un-checkpointed GELU
+        ff = nnx.merge(graphdef, state, rest)
+        return ff.fc2(jax.nn.gelu(ff.fc1(ff.norm(x)), approximate=False)).sum()
+
+    assert hidden_residuals(loss) <= 2  # fc1's output and the GELU's, nothing of erfc/exp
+    assert hidden_residuals(plain) > hidden_residuals(loss)
+    np.testing.assert_allclose(loss(state, x), plain(state, x), rtol=1e-6)
+    for a, b in zip(jax.tree.leaves(jax.grad(loss)(state, x)), jax.tree.leaves(jax.grad(plain)(state, x))):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)

@@ -16,7 +16,9 @@ from flax import nnx
 from vit_parity.posemb import sincos_table
 
 Array = jax.Array
-gelu = partial(jax.nn.gelu, approximate=False)  # torch's default GELU is the exact one
+# torch's default GELU is the exact one. Under jax.checkpoint the backward pass recomputes erfc/exp from the
+# input instead of keeping three extra activations of the MLP's width for every block (same forward values).
+gelu = jax.checkpoint(partial(jax.nn.gelu, approximate=False))
 
 
 def layer_norm(dim: int, eps: float, rngs: nnx.Rngs, dtype: jnp.dtype | None = None) -> nnx.LayerNorm:
