@@ -354,35 +354,45 @@ def measure_memory(cfg: Config, contenders: list[str], log: Callable[[str], None
 # ---------------------------------------------------------------------------------------------- report
 
 
-def ratios(result: dict) -> dict[str, float]:
-    """The ratios the goals are stated in, for whichever contenders ran."""
-    thr = result["throughput"]
-    mem = result.get("memory", {})
-    out: dict[str, float] = {}
-
-    def put(key: str, num: str, den: str, what: str) -> None:
-        if num in thr and den in thr:
-            out[key] = thr[num][what] / thr[den][what]
-
-    for what, short in (("infer_img_s", "infer"), ("train_img_s", "train")):
-        put(f"vit_torch.ViT / timm ({short})", "vit_torch.ViT", "timm.vit_small", what)
-        put(f"vit_torch.ViT / vit-pytorch.ViT ({short})", "vit_torch.ViT", "vit-pytorch.ViT", what)
-        put(
-            f"vit_torch.SimpleViT / vit-pytorch.SimpleViT ({short})",
-            "vit_torch.SimpleViT",
-            "vit-pytorch.SimpleViT",
-            what,
+PAIRS = [
+    ("vit_torch.ViT", ("timm.vit_small", "vit-pytorch.ViT")),
+    ("vit_torch.ViT", ("timm.vit_small",)),
+    ("vit_torch.ViT", ("vit-pytorch.ViT",)),
+    ("vit_torch.SimpleViT", ("vit-pytorch.SimpleViT",)),
+    ("vit_flax.ViT", ("vit_torch.ViT",)),
+    ("vit_flax.SimpleViT", ("vit_torch.SimpleViT",)),
+    *(
+        pair
+        for name in ("ViT3D", "ViViT")
+        for pair in (
+            (f"vit_torch.{name}", ("timm.vit_small",)),
+            (f"vit_torch.{name}", (f"vit-pytorch.{name}",)),
+            (f"vit_flax.{name}", (f"vit_torch.{name}",)),
         )
-        put(f"vit_flax.ViT / vit_torch.ViT ({short})", "vit_flax.ViT", "vit_torch.ViT", what)
-        put(f"vit_flax.SimpleViT / vit_torch.SimpleViT ({short})", "vit_flax.SimpleViT", "vit_torch.SimpleViT", what)
-        for name in ("ViT3D", "ViViT"):
-            put(f"vit_torch.{name} / timm ({short})", f"vit_torch.{name}", "timm.vit_small", what)
-            put(f"vit_torch.{name} / vit-pytorch.{name} ({short})", f"vit_torch.{name}", f"vit-pytorch.{name}", what)
-            put(f"vit_flax.{name} / vit_torch.{name} ({short})", f"vit_flax.{name}", f"vit_torch.{name}", what)
+    ),
+]
+
+
+def ratios(result: dict) -> dict[str, dict[str, float]]:
+    """The ratios the goals are stated in, for whichever contenders ran: throughput of the first over the
+    second (over the faster of several), from the medians and from each one's best round."""
+    thr = result["throughput"]
+    out: dict[str, dict[str, float]] = {}
+    for num, dens in PAIRS:
+        if num not in thr or not all(d in thr for d in dens):
+            continue
+        row = {}
+        for what in ("infer", "train"):
+            for stat, fn in (("median", statistics.median), ("best", min)):
+                den = min(fn(thr[d][f"{what}_s"]) for d in dens)  # the faster contender's time
+                row[f"{what} {stat}"] = den / fn(thr[num][f"{what}_s"])
+        label = f"{num} / " + (f"faster of {' and '.join(dens)}" if len(dens) > 1 else dens[0])
+        out[label] = row
+    mem = result.get("memory", {})
     for name in ("vit_torch.ViT", "vit_torch.ViT3D", "vit_torch.ViViT"):
         if name in mem and "timm.vit_small" in mem:
             ours, timm = mem[name]["train"]["step_peak_mib"], mem["timm.vit_small"]["train"]["step_peak_mib"]
-            out[f"{name} / timm (training peak memory)"] = ours / timm
+            out.setdefault(f"{name} / timm.vit_small", {})["training peak memory"] = ours / timm
     return out
 
 
@@ -415,7 +425,10 @@ def markdown(results: dict) -> str:
             lines.append(f"| {name} | skipped: {why} | | | | |")
         r = ratios(result)
         if r:
-            lines += ["", "Ratios: " + "; ".join(f"{k} **{v:.2f}x**" for k, v in r.items()) + "."]
+            cols = ["infer median", "infer best", "train median", "train best", "training peak memory"]
+            lines += ["", "| ratio | " + " | ".join(cols) + " |", "| --- |" + " ---: |" * len(cols)]
+            for label, row in r.items():
+                lines.append(f"| {label} | " + " | ".join(f"{row[c]:.2f}" if c in row else "" for c in cols) + " |")
         lines.append("")
     return "\n".join(lines)
 
@@ -449,10 +462,27 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--only", default="", help="comma-separated substrings: keep matching contenders")
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
     parser.add_argument("--out", default=str(HERE / "results"), help="path prefix of the .md and .json written")
+    parser.add_argument(
+        "--report", nargs="+", metavar="JSON", help="merge results files into <out> instead of measuring"
+    )
     parser.add_argument("--probe", nargs=2, metavar=("CONFIG", "CONTENDER"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.probe:
         print(json.dumps(probe(*args.probe)))
+        return
+    if args.report:
+        merged: dict = {"meta": {}, "configs": {}}
+        for path in args.report:
+            part = json.loads(Path(path).read_text())
+            merged["meta"] = merged["meta"] or part["meta"]
+            merged["meta"]["command"] = " + ".join(
+                filter(None, [merged["meta"].get("command"), part["meta"]["command"]])
+            )
+            merged["configs"].update(part["configs"])
+        merged["meta"]["command"] = " + ".join(dict.fromkeys(merged["meta"]["command"].split(" + ")))
+        Path(args.out + ".json").write_text(json.dumps(merged, indent=1))
+        Path(args.out + ".md").write_text(markdown(merged))
+        print(markdown(merged))
         return
 
     def log(msg: str) -> None:
