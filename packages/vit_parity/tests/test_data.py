@@ -59,24 +59,27 @@ def test_digits_are_sklearns_digits(raw_digits: tuple[np.ndarray, np.ndarray]) -
     np.testing.assert_allclose(big.x, data.resize(native.x, (16, 16)))
 
 
-def test_digits_video_moves_the_digit(raw_digits: tuple[np.ndarray, np.ndarray]) -> None:
+@pytest.mark.parametrize(("size", "glyph"), [(16, None), (16, 8)])
+def test_digits_video_moves_the_digit(raw_digits: tuple[np.ndarray, np.ndarray], size: int, glyph: int | None) -> None:
     images, target = raw_digits
-    clips = data.digits_video(size=16, frames=6, seed=3)
-    assert clips.x.shape == (1797, 1, 6, 16, 16) and clips.axes == "b c t h w"
+    clips = data.digits_video(size=size, frames=6, seed=3, glyph=glyph)
+    assert clips.x.shape == (1797, 1, 6, size, size) and clips.axes == "b c t h w"
     np.testing.assert_array_equal(clips.y, target)
+    g = glyph or 12  # by default the digit spans three quarters of the frame
+    room = size - g
     moved = 0
     for i in (0, 1, 500, 1796):
-        glyph = images[i] / 16.0
+        digit = data.resize(images[i] / 16.0, (g, g))
         corners = []
         for t in range(6):
             frame = clips.x[i, 0, t]
             # the digit is pasted whole at one position: find it and check the rest is black
             hits = [
                 (r, c)
-                for r in range(9)
-                for c in range(9)
-                if np.allclose(frame[r : r + 8, c : c + 8], glyph, atol=1e-6)
-                and np.isclose(frame.sum(), glyph.sum(), atol=1e-4)
+                for r in range(room + 1)
+                for c in range(room + 1)
+                if np.allclose(frame[r : r + g, c : c + g], digit, atol=1e-6)
+                and np.isclose(frame.sum(), digit.sum(), atol=1e-4)
             ]
             assert hits, f"clip {i} frame {t} does not hold digit {target[i]} whole"
             corners.append(hits[0])
