@@ -231,6 +231,7 @@ def test_bad_options(tmp_path: Path, capsys, monkeypatch: pytest.MonkeyPatch) ->
     out = tmp_path / "out"
     base = ["train", *DIGITS, "--out", out]
     fails(capsys, *base, "--arch", "resnet", match="unknown architecture 'resnet'")
+    fails(capsys, *base, "--arch", "vit", "--epochs", "0", match="--epochs must be at least 1")
     fails(capsys, *base, "--arch", "vit", "--set", "depht=2", match="takes no argument(s) ['depht']")
     fails(capsys, *base, "--arch", "vit", "--patch-size", "3", match="cannot build 'vit'")
     monkeypatch.setattr(cli, "_installed", lambda b: b != "flax")

@@ -215,6 +215,9 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
+    for flag, value in (("--epochs", args.epochs), ("--batch-size", args.batch_size)):
+        if value < 1:
+            raise UsageError(f"{flag} must be at least 1, got {value}")
     backend = _pick_backend(args.backend)
     arch = _arch(args.arch)
     train_mod = _train_module(backend)
@@ -327,8 +330,6 @@ def _train(args: argparse.Namespace) -> int:
             per_class=dict(zip(dataset.classes, per_class)),
             samples=len(eval_set),
         )
-    if start_epoch >= args.epochs and not ckpt_dir.is_dir():
-        raise UsageError(f"nothing to train: --epochs {args.epochs}")
     write_json(metrics_path, {**report, "epochs": history, "complete": True, "eval": summary})
     held = f"held-out accuracy {summary['accuracy']:.4f} on {len(eval_set)} samples, " if len(eval_set) else ""
     print(f"{held}{seconds:.0f}s; checkpoint {ckpt_dir}, metrics {metrics_path}")
