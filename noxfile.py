@@ -132,11 +132,12 @@ def bench(session: nox.Session) -> None:
     """Throughput and peak memory against vit-pytorch and timm (extra arguments go to bench/compare.py).
 
     Runs in its own venv pinned by bench/constraints.txt (torch 2.14.1 + torchvision for the reference
-    libraries); writes bench/results.md and bench/results.json.
+    libraries); writes bench/results.md and bench/results.json, then runs bench/navit.py (bench/navit.json).
     """
     session.install(*BENCH_PIN, "torch", "torchvision", "vit-pytorch", "timm", "jax", "jaxlib", "flax", "optax")
     session.install(*BENCH_PIN, "-e", CORE, "-e", TORCH, "-e", FLAX)  # editable: measure the working tree
     session.run("python", "bench/compare.py", *session.posargs)
+    session.run("python", "bench/navit.py", "--json", "bench/navit.json")  # NaViT: packed against padded batches
 
 
 @nox.session
