@@ -55,6 +55,22 @@ def test_progress_prints_epoch_lines_when_not_a_terminal() -> None:
     assert quiet.getvalue() == ""
 
 
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_progress_redraws_one_line_on_a_terminal() -> None:
+    out = _Terminal()
+    bar = Progress(3, 10, stream=out)
+    bar.begin(1)
+    bar.update(5, 0.5, 0.75)
+    line = out.getvalue()
+    assert line.startswith("\repoch 2/3 [##########..........] 5/10 loss 0.500 acc 0.750 ") and line.endswith(" it/s")
+    bar.end(EpochMetrics(1, 1e-3, 0.5, 0.75, None, None, 1.0))
+    assert out.getvalue()[len(line) :] == "\r\033[Kepoch 2/3: loss 0.500 acc 0.750 | lr 1.00e-03 | 1.0s\n"
+
+
 class _Image:
     def __init__(self, *, image_size, patch_size, num_classes, dim, depth, heads, mlp_dim, channels=3, dim_head=64):
         pass
