@@ -102,7 +102,9 @@ def test_eval_in_both_backends_agrees_with_training(torch_run: Path, tmp_path: P
     for backend in ("torch", "flax"):
         assert got["backends"][backend]["accuracy"] == pytest.approx(metrics["eval"]["accuracy"])
         assert got["backends"][backend]["per_class"] == pytest.approx(metrics["eval"]["per_class"])
-    assert got["agreement"]["max_abs_logit_diff"] < 1e-3
+    # loose: a constant patch (the digits' black border) puts LayerNorm at variance 0, where the two
+    # frameworks' rounding is amplified by 1 / sqrt(eps); a broken conversion differs by O(1)
+    assert got["agreement"]["max_abs_logit_diff"] < 1e-2
     # the converted checkpoint evaluates the same, in the other layout
     assert run(capsys, "convert", torch_run / "checkpoint", "--to", "flax", "-o", tmp_path / "flax")[0] == 0
     assert ckpt_io.read_config(tmp_path / "flax")["layout"] == "flax"
