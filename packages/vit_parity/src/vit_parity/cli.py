@@ -435,12 +435,21 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+class _Defaults(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows each option's default, except where there is none."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        if any(action.default is v for v in (None, False, argparse.SUPPRESS)) or action.default == []:
+            return action.help or ""
+        return (action.help or "") + " (default: %(default)s)"
+
+
 def _add_main_job(sub: argparse._SubParsersAction) -> None:
     backends = ("torch", "flax")
     p = sub.add_parser(
         "train",
         help="train a classifier on built-in or folder data; writes OUT/checkpoint and OUT/metrics.json",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=_Defaults,
     )
     p.add_argument("--arch", required=True, help="architecture name (see `vit list`)")
     p.add_argument("--backend", choices=backends, help="framework to train in (default: torch if installed)")
@@ -448,32 +457,34 @@ def _add_main_job(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", default="runs/vit", help="output folder")
     p.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out")
     g = p.add_argument_group("training")
-    g.add_argument("--epochs", type=int, default=10)
-    g.add_argument("--batch-size", type=int, default=64)
+    g.add_argument("--epochs", type=int, default=10, help="passes over the training split")
+    g.add_argument("--batch-size", type=int, default=64, help="samples per step")
     g.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (linear warmup, cosine decay)")
-    g.add_argument("--weight-decay", type=float, default=0.05)
-    g.add_argument("--warmup-epochs", type=float, default=1.0)
-    g.add_argument("--label-smoothing", type=float, default=0.0)
+    g.add_argument("--weight-decay", type=float, default=0.05, help="AdamW decay of weight matrices")
+    g.add_argument("--warmup-epochs", type=float, default=1.0, help="linear warmup length")
+    g.add_argument("--label-smoothing", type=float, default=0.0, help="of the cross-entropy targets")
     g.add_argument("--shift", type=int, default=0, help="random translation of training samples, in pixels")
     g.add_argument("--eval-fraction", type=float, default=0.2, help="held-out share of every class")
-    g.add_argument("--seed", type=int, default=0, help="seeds the weights, the split, the batches and the data")
+    g.add_argument("--seed", type=int, default=0, help="seeds the weights, split, batches and generated data")
     g.add_argument("--quiet", action="store_true", help="no progress bar")
     g = p.add_argument_group("data")
-    g.add_argument("--image-size", type=int, help="side of generated frames/volumes, or folder images' resize target")
+    g.add_argument(
+        "--image-size", type=int, help="side of built-in images, frames, volumes (16); folders: resize target"
+    )
     g.add_argument("--frames", type=int, help="clip length of digits-video (default 8)")
     g.add_argument("--samples", type=int, help="number of shapes-volume samples (default 500)")
     g.add_argument("--limit", type=int, help="use at most this many samples (quick runs)")
     g = p.add_argument_group("model size (filled in by name; --set for anything else)")
-    g.add_argument("--dim", type=int, default=64)
+    g.add_argument("--dim", type=int, default=64, help="token width")
     g.add_argument("--depth", type=int, default=4, help="also spatial_depth and temporal_depth")
-    g.add_argument("--heads", type=int, default=4)
+    g.add_argument("--heads", type=int, default=4, help="attention heads")
     g.add_argument("--mlp-dim", type=int, help="default: 2 * dim")
     g.add_argument("--dim-head", type=int, help="default: dim // heads")
     g.add_argument("--patch-size", type=int, default=4, help="also image_patch_size")
-    g.add_argument("--frame-patch-size", type=int, default=2)
+    g.add_argument("--frame-patch-size", type=int, default=2, help="frames per tubelet (videos, volumes)")
     g.add_argument("--pool", choices=("cls", "mean"), help="default: the architecture's")
-    g.add_argument("--dropout", type=float, default=0.0)
-    g.add_argument("--emb-dropout", type=float, default=0.0)
+    g.add_argument("--dropout", type=float, default=0.0, help="in attention and MLPs")
+    g.add_argument("--emb-dropout", type=float, default=0.0, help="on the embedded tokens")
     g.add_argument("--set", action="append", default=[], metavar="NAME=VALUE", help="any constructor argument")
     p.set_defaults(func=cmd_train)
 
