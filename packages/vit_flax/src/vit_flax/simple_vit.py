@@ -2,19 +2,67 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
 from vit_flax.layers import Intermediates, PatchEmbed, Transformer, default_rngs, sincos_posemb
+from vit_flax.vit import IMAGE_AXES
 from vit_parity.config import records_config
 from vit_parity.validate import as_tuple, check_divisible, check_input
 
 __all__ = ["SimpleViT"]
 
 
+class SinCosViT(nnx.Module):
+    """The SimpleViT body on patches of any number of axes: fixed sin-cos positions, no class token,
+    mean pooling, no dropout, a linear head. ``simple_vit.SimpleViT`` (images) and
+    ``simple_vit_3d.SimpleViT`` (videos, volumes) differ only in how they read their geometry."""
+
+    def __init__(
+        self,
+        *,
+        size: tuple[int, ...],
+        patch_size: tuple[int, ...],
+        axis_names: Sequence[str],
+        input_name: str,
+        num_classes: int,
+        dim: int,
+        depth: int,
+        heads: int,
+        mlp_dim: int,
+        channels: int,
+        dim_head: int,
+        dtype: jnp.dtype | None,
+        rngs: nnx.Rngs | None,
+    ) -> None:
+        rngs = default_rngs(rngs)
+        self.size, self.patch_size = size, patch_size
+        self.axis_names, self.input_name = tuple(axis_names), input_name
+        self.channels = channels
+        self.dim = dim
+        sincos_posemb((1,) * len(size), dim)  # fails early on a dim too small for the table
+
+        self.to_patch_embedding = PatchEmbed(patch_size, channels, dim, dtype=dtype, rngs=rngs)
+        self.transformer = Transformer(dim, depth, heads, dim_head, mlp_dim, out_bias=False, dtype=dtype, rngs=rngs)
+        self.linear_head = nnx.Linear(dim, num_classes, dtype=dtype, rngs=rngs)
+
+    def __call__(self, x: jax.Array, intermediates: Intermediates | None = None) -> jax.Array:
+        check_input(
+            x.shape, name=self.input_name, channels_last=True, channels=self.channels,
+            max_size=self.size, patch=self.patch_size, axis_names=self.axis_names,
+        )  # fmt: skip
+        x, grid = self.to_patch_embedding(x)
+        # a table's entry depends only on its position, so the table of the input's grid is the matching part
+        x = x + sincos_posemb(grid, self.dim).astype(x.dtype)
+        x = self.transformer(x, intermediates=intermediates)
+        return self.linear_head(x.mean(axis=1))
+
+
 @records_config
-class SimpleViT(nnx.Module):
+class SimpleViT(SinCosViT):
     """Simple ViT (Beyer et al., 2022): 2-D sin-cos positions, no class token, mean pooling, no dropout.
 
     Takes ``img`` of shape ``(b, h, w, channels)`` with ``h, w`` at most ``image_size`` and
@@ -36,24 +84,10 @@ class SimpleViT(nnx.Module):
         dtype: jnp.dtype | None = None,
         rngs: nnx.Rngs | None = None,
     ) -> None:
-        rngs = default_rngs(rngs)
-        self.image_size = as_tuple(image_size, 2, "image_size")
-        self.patch_size = as_tuple(patch_size, 2, "patch_size")
-        check_divisible(self.image_size, self.patch_size, "image_size", "patch_size")
-        self.channels = channels
-        self.dim = dim
-        sincos_posemb((1, 1), dim)  # fails early on a dim too small for the table
-
-        self.to_patch_embedding = PatchEmbed(self.patch_size, channels, dim, dtype=dtype, rngs=rngs)
-        self.transformer = Transformer(dim, depth, heads, dim_head, mlp_dim, out_bias=False, dtype=dtype, rngs=rngs)
-        self.linear_head = nnx.Linear(dim, num_classes, dtype=dtype, rngs=rngs)
-
-    def __call__(self, img: jax.Array, intermediates: Intermediates | None = None) -> jax.Array:
-        check_input(
-            img.shape, name="img", channels_last=True, channels=self.channels,
-            max_size=self.image_size, patch=self.patch_size, axis_names=("height", "width"),
+        size, patch = as_tuple(image_size, 2, "image_size"), as_tuple(patch_size, 2, "patch_size")
+        check_divisible(size, patch, "image_size", "patch_size")
+        super().__init__(
+            size=size, patch_size=patch, axis_names=IMAGE_AXES, input_name="img", num_classes=num_classes,
+            dim=dim, depth=depth, heads=heads, mlp_dim=mlp_dim, channels=channels, dim_head=dim_head,
+            dtype=dtype, rngs=rngs,
         )  # fmt: skip
-        x, grid = self.to_patch_embedding(img)
-        x = x + sincos_posemb(grid, self.dim).astype(x.dtype)
-        x = self.transformer(x, intermediates=intermediates)
-        return self.linear_head(x.mean(axis=1))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
@@ -14,9 +15,66 @@ from vit_parity.validate import as_tuple, check_choice, check_divisible, check_i
 
 __all__ = ["ViT"]
 
+IMAGE_AXES = ("height", "width")
+
+
+class ClassTokenViT(nnx.Module):
+    """The ViT body on patches of any number of axes: a class token, learned positions over the patch
+    grid, a pre-norm transformer and a linear head. ``vit.ViT`` (images) and ``vit_3d.ViT`` (videos,
+    volumes) differ only in how they read their geometry."""
+
+    def __init__(
+        self,
+        *,
+        size: tuple[int, ...],
+        patch_size: tuple[int, ...],
+        axis_names: Sequence[str],
+        input_name: str,
+        num_classes: int,
+        dim: int,
+        depth: int,
+        heads: int,
+        mlp_dim: int,
+        pool: str,
+        channels: int,
+        dim_head: int,
+        dropout: float,
+        emb_dropout: float,
+        dtype: jnp.dtype | None,
+        rngs: nnx.Rngs | None,
+    ) -> None:
+        rngs = default_rngs(rngs)
+        check_choice(pool, ("cls", "mean"), "pool")
+        self.size, self.patch_size = size, patch_size
+        self.axis_names, self.input_name = tuple(axis_names), input_name
+        self.pool = pool
+        self.channels = channels
+        self.grid = tuple(s // p for s, p in zip(size, patch_size))
+
+        self.to_patch_embedding = PatchEmbed(patch_size, channels, dim, dtype=dtype, rngs=rngs)
+        self.pos_embedding = nnx.Param(jax.random.normal(rngs.params(), (1, math.prod(self.grid) + 1, dim)))
+        self.cls_token = nnx.Param(jax.random.normal(rngs.params(), (1, 1, dim)))
+        self.dropout = nnx.Dropout(emb_dropout, rngs=rngs)
+        self.transformer = Transformer(dim, depth, heads, dim_head, mlp_dim, dropout, dtype=dtype, rngs=rngs)
+        self.mlp_head = nnx.Linear(dim, num_classes, dtype=dtype, rngs=rngs)
+
+    def __call__(self, x: jax.Array, intermediates: Intermediates | None = None) -> jax.Array:
+        check_input(
+            x.shape, name=self.input_name, channels_last=True, channels=self.channels,
+            max_size=self.size, patch=self.patch_size, axis_names=self.axis_names,
+        )  # fmt: skip
+        x, grid = self.to_patch_embedding(x)
+        pos = self.pos_embedding[...]
+        x = x + crop_grid(pos[:, 1:], self.grid, grid)
+        cls = jnp.broadcast_to(self.cls_token[...] + pos[:, :1], (x.shape[0], 1, x.shape[-1]))
+        x = self.dropout(jnp.concatenate((cls.astype(x.dtype), x), axis=1))
+        x = self.transformer(x, intermediates=intermediates)
+        x = x[:, 0] if self.pool == "cls" else x.mean(axis=1)
+        return self.mlp_head(x)
+
 
 @records_config
-class ViT(nnx.Module):
+class ViT(ClassTokenViT):
     """Vision Transformer (Dosovitskiy et al., 2020) with a class token and learned positions.
 
     Takes ``img`` of shape ``(b, h, w, channels)`` with ``h, w`` at most ``image_size`` and
@@ -41,32 +99,10 @@ class ViT(nnx.Module):
         dtype: jnp.dtype | None = None,
         rngs: nnx.Rngs | None = None,
     ) -> None:
-        rngs = default_rngs(rngs)
-        self.image_size = as_tuple(image_size, 2, "image_size")
-        self.patch_size = as_tuple(patch_size, 2, "patch_size")
-        check_divisible(self.image_size, self.patch_size, "image_size", "patch_size")
-        check_choice(pool, ("cls", "mean"), "pool")
-        self.pool = pool
-        self.channels = channels
-        self.grid = tuple(s // p for s, p in zip(self.image_size, self.patch_size))
-
-        self.to_patch_embedding = PatchEmbed(self.patch_size, channels, dim, dtype=dtype, rngs=rngs)
-        self.pos_embedding = nnx.Param(jax.random.normal(rngs.params(), (1, math.prod(self.grid) + 1, dim)))
-        self.cls_token = nnx.Param(jax.random.normal(rngs.params(), (1, 1, dim)))
-        self.dropout = nnx.Dropout(emb_dropout, rngs=rngs)
-        self.transformer = Transformer(dim, depth, heads, dim_head, mlp_dim, dropout, dtype=dtype, rngs=rngs)
-        self.mlp_head = nnx.Linear(dim, num_classes, dtype=dtype, rngs=rngs)
-
-    def __call__(self, img: jax.Array, intermediates: Intermediates | None = None) -> jax.Array:
-        check_input(
-            img.shape, name="img", channels_last=True, channels=self.channels,
-            max_size=self.image_size, patch=self.patch_size, axis_names=("height", "width"),
+        size, patch = as_tuple(image_size, 2, "image_size"), as_tuple(patch_size, 2, "patch_size")
+        check_divisible(size, patch, "image_size", "patch_size")
+        super().__init__(
+            size=size, patch_size=patch, axis_names=IMAGE_AXES, input_name="img", num_classes=num_classes,
+            dim=dim, depth=depth, heads=heads, mlp_dim=mlp_dim, pool=pool, channels=channels,
+            dim_head=dim_head, dropout=dropout, emb_dropout=emb_dropout, dtype=dtype, rngs=rngs,
         )  # fmt: skip
-        x, grid = self.to_patch_embedding(img)
-        pos = self.pos_embedding[...]
-        x = x + crop_grid(pos[:, 1:], self.grid, grid)
-        cls = jnp.broadcast_to(self.cls_token[...] + pos[:, :1], (x.shape[0], 1, x.shape[-1]))
-        x = self.dropout(jnp.concatenate((cls.astype(x.dtype), x), axis=1))
-        x = self.transformer(x, intermediates=intermediates)
-        x = x[:, 0] if self.pool == "cls" else x.mean(axis=1)
-        return self.mlp_head(x)

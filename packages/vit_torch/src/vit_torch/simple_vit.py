@@ -2,17 +2,62 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from torch import Tensor, nn
 
 from vit_parity.config import records_config
 from vit_parity.validate import as_tuple, check_divisible, check_input
 from vit_torch.layers import Intermediates, PatchEmbed, Transformer, crop_grid, sincos_posemb
+from vit_torch.vit import IMAGE_AXES
 
 __all__ = ["SimpleViT"]
 
 
+class SinCosViT(nn.Module):
+    """The SimpleViT body on patches of any number of axes: fixed sin-cos positions, no class token,
+    mean pooling, no dropout, a linear head. ``simple_vit.SimpleViT`` (images) and
+    ``simple_vit_3d.SimpleViT`` (videos, volumes) differ only in how they read their geometry."""
+
+    def __init__(
+        self,
+        *,
+        size: tuple[int, ...],
+        patch_size: tuple[int, ...],
+        axis_names: Sequence[str],
+        input_name: str,
+        num_classes: int,
+        dim: int,
+        depth: int,
+        heads: int,
+        mlp_dim: int,
+        channels: int,
+        dim_head: int,
+    ) -> None:
+        super().__init__()
+        self.size, self.patch_size = size, patch_size
+        self.axis_names, self.input_name = tuple(axis_names), input_name
+        self.channels = channels
+        self.grid = tuple(s // p for s, p in zip(size, patch_size))
+        self.register_buffer("pos_embedding", sincos_posemb(self.grid, dim)[None], persistent=False)
+
+        self.to_patch_embedding = PatchEmbed(patch_size, channels, dim)
+        self.transformer = Transformer(dim, depth, heads, dim_head, mlp_dim, out_bias=False)
+        self.linear_head = nn.Linear(dim, num_classes)
+
+    def forward(self, x: Tensor, intermediates: Intermediates | None = None) -> Tensor:
+        check_input(
+            x.shape, name=self.input_name, channels_last=False, channels=self.channels,
+            max_size=self.size, patch=self.patch_size, axis_names=self.axis_names,
+        )  # fmt: skip
+        x, grid = self.to_patch_embedding(x)
+        x = x + crop_grid(self.pos_embedding, self.grid, grid)
+        x = self.transformer(x, intermediates=intermediates)
+        return self.linear_head(x.mean(dim=1))
+
+
 @records_config
-class SimpleViT(nn.Module):
+class SimpleViT(SinCosViT):
     """Simple ViT (Beyer et al., 2022): 2-D sin-cos positions, no class token, mean pooling, no dropout.
 
     Takes ``img`` of shape ``(b, channels, h, w)`` with ``h, w`` at most ``image_size`` and
@@ -32,24 +77,9 @@ class SimpleViT(nn.Module):
         channels: int = 3,
         dim_head: int = 64,
     ) -> None:
-        super().__init__()
-        self.image_size = as_tuple(image_size, 2, "image_size")
-        self.patch_size = as_tuple(patch_size, 2, "patch_size")
-        check_divisible(self.image_size, self.patch_size, "image_size", "patch_size")
-        self.channels = channels
-        self.grid = tuple(s // p for s, p in zip(self.image_size, self.patch_size))
-        self.register_buffer("pos_embedding", sincos_posemb(self.grid, dim)[None], persistent=False)
-
-        self.to_patch_embedding = PatchEmbed(self.patch_size, channels, dim)
-        self.transformer = Transformer(dim, depth, heads, dim_head, mlp_dim, out_bias=False)
-        self.linear_head = nn.Linear(dim, num_classes)
-
-    def forward(self, img: Tensor, intermediates: Intermediates | None = None) -> Tensor:
-        check_input(
-            img.shape, name="img", channels_last=False, channels=self.channels,
-            max_size=self.image_size, patch=self.patch_size, axis_names=("height", "width"),
+        size, patch = as_tuple(image_size, 2, "image_size"), as_tuple(patch_size, 2, "patch_size")
+        check_divisible(size, patch, "image_size", "patch_size")
+        super().__init__(
+            size=size, patch_size=patch, axis_names=IMAGE_AXES, input_name="img", num_classes=num_classes,
+            dim=dim, depth=depth, heads=heads, mlp_dim=mlp_dim, channels=channels, dim_head=dim_head,
         )  # fmt: skip
-        x, grid = self.to_patch_embedding(img)
-        x = x + crop_grid(self.pos_embedding, self.grid, grid)
-        x = self.transformer(x, intermediates=intermediates)
-        return self.linear_head(x.mean(dim=1))

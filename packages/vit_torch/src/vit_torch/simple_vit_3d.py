@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-from torch import Tensor, nn
-
 from vit_parity.config import records_config
-from vit_parity.validate import check_input, video_geometry
-from vit_torch.layers import Intermediates, PatchEmbed, Transformer, crop_grid, sincos_posemb
+from vit_parity.validate import video_geometry
+from vit_torch.simple_vit import SinCosViT
 from vit_torch.vit_3d import VIDEO_AXES
 
 __all__ = ["SimpleViT"]
 
 
 @records_config
-class SimpleViT(nn.Module):
+class SimpleViT(SinCosViT):
     """Simple ViT (Beyer et al., 2022) on videos: 3-D sin-cos positions over the ``(t, h, w)`` tubelet grid,
     no class token, mean pooling, no dropout.
 
@@ -36,22 +34,8 @@ class SimpleViT(nn.Module):
         channels: int = 3,
         dim_head: int = 64,
     ) -> None:
-        super().__init__()
-        self.size, self.patch_size = video_geometry(image_size, image_patch_size, frames, frame_patch_size)
-        self.channels = channels
-        self.grid = tuple(s // p for s, p in zip(self.size, self.patch_size))
-        self.register_buffer("pos_embedding", sincos_posemb(self.grid, dim)[None], persistent=False)
-
-        self.to_patch_embedding = PatchEmbed(self.patch_size, channels, dim)
-        self.transformer = Transformer(dim, depth, heads, dim_head, mlp_dim, out_bias=False)
-        self.linear_head = nn.Linear(dim, num_classes)
-
-    def forward(self, video: Tensor, intermediates: Intermediates | None = None) -> Tensor:
-        check_input(
-            video.shape, name="video", channels_last=False, channels=self.channels,
-            max_size=self.size, patch=self.patch_size, axis_names=VIDEO_AXES,
+        size, patch = video_geometry(image_size, image_patch_size, frames, frame_patch_size)
+        super().__init__(
+            size=size, patch_size=patch, axis_names=VIDEO_AXES, input_name="video", num_classes=num_classes,
+            dim=dim, depth=depth, heads=heads, mlp_dim=mlp_dim, channels=channels, dim_head=dim_head,
         )  # fmt: skip
-        x, grid = self.to_patch_embedding(video)
-        x = x + crop_grid(self.pos_embedding, self.grid, grid)
-        x = self.transformer(x, intermediates=intermediates)
-        return self.linear_head(x.mean(dim=1))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor, nn
@@ -13,9 +14,63 @@ from vit_torch.layers import Intermediates, PatchEmbed, Transformer, crop_grid
 
 __all__ = ["ViT"]
 
+IMAGE_AXES = ("height", "width")
+
+
+class ClassTokenViT(nn.Module):
+    """The ViT body on patches of any number of axes: a class token, learned positions over the patch
+    grid, a pre-norm transformer and a linear head. ``vit.ViT`` (images) and ``vit_3d.ViT`` (videos,
+    volumes) differ only in how they read their geometry."""
+
+    def __init__(
+        self,
+        *,
+        size: tuple[int, ...],
+        patch_size: tuple[int, ...],
+        axis_names: Sequence[str],
+        input_name: str,
+        num_classes: int,
+        dim: int,
+        depth: int,
+        heads: int,
+        mlp_dim: int,
+        pool: str,
+        channels: int,
+        dim_head: int,
+        dropout: float,
+        emb_dropout: float,
+    ) -> None:
+        super().__init__()
+        check_choice(pool, ("cls", "mean"), "pool")
+        self.size, self.patch_size = size, patch_size
+        self.axis_names, self.input_name = tuple(axis_names), input_name
+        self.pool = pool
+        self.channels = channels
+        self.grid = tuple(s // p for s, p in zip(size, patch_size))
+
+        self.to_patch_embedding = PatchEmbed(patch_size, channels, dim)
+        self.pos_embedding = nn.Parameter(torch.randn(1, math.prod(self.grid) + 1, dim))
+        self.cls_token = nn.Parameter(torch.randn(1, 1, dim))
+        self.dropout = nn.Dropout(emb_dropout)
+        self.transformer = Transformer(dim, depth, heads, dim_head, mlp_dim, dropout)
+        self.mlp_head = nn.Linear(dim, num_classes)
+
+    def forward(self, x: Tensor, intermediates: Intermediates | None = None) -> Tensor:
+        check_input(
+            x.shape, name=self.input_name, channels_last=False, channels=self.channels,
+            max_size=self.size, patch=self.patch_size, axis_names=self.axis_names,
+        )  # fmt: skip
+        x, grid = self.to_patch_embedding(x)
+        x = x + crop_grid(self.pos_embedding[:, 1:], self.grid, grid)
+        cls = (self.cls_token + self.pos_embedding[:, :1]).expand(x.shape[0], -1, -1)
+        x = self.dropout(torch.cat((cls, x), dim=1))
+        x = self.transformer(x, intermediates=intermediates)
+        x = x[:, 0] if self.pool == "cls" else x.mean(dim=1)
+        return self.mlp_head(x)
+
 
 @records_config
-class ViT(nn.Module):
+class ViT(ClassTokenViT):
     """Vision Transformer (Dosovitskiy et al., 2020) with a class token and learned positions.
 
     Takes ``img`` of shape ``(b, channels, h, w)`` with ``h, w`` at most ``image_size`` and
@@ -38,31 +93,10 @@ class ViT(nn.Module):
         dropout: float = 0.0,
         emb_dropout: float = 0.0,
     ) -> None:
-        super().__init__()
-        self.image_size = as_tuple(image_size, 2, "image_size")
-        self.patch_size = as_tuple(patch_size, 2, "patch_size")
-        check_divisible(self.image_size, self.patch_size, "image_size", "patch_size")
-        check_choice(pool, ("cls", "mean"), "pool")
-        self.pool = pool
-        self.channels = channels
-        self.grid = tuple(s // p for s, p in zip(self.image_size, self.patch_size))
-
-        self.to_patch_embedding = PatchEmbed(self.patch_size, channels, dim)
-        self.pos_embedding = nn.Parameter(torch.randn(1, math.prod(self.grid) + 1, dim))
-        self.cls_token = nn.Parameter(torch.randn(1, 1, dim))
-        self.dropout = nn.Dropout(emb_dropout)
-        self.transformer = Transformer(dim, depth, heads, dim_head, mlp_dim, dropout)
-        self.mlp_head = nn.Linear(dim, num_classes)
-
-    def forward(self, img: Tensor, intermediates: Intermediates | None = None) -> Tensor:
-        check_input(
-            img.shape, name="img", channels_last=False, channels=self.channels,
-            max_size=self.image_size, patch=self.patch_size, axis_names=("height", "width"),
+        size, patch = as_tuple(image_size, 2, "image_size"), as_tuple(patch_size, 2, "patch_size")
+        check_divisible(size, patch, "image_size", "patch_size")
+        super().__init__(
+            size=size, patch_size=patch, axis_names=IMAGE_AXES, input_name="img", num_classes=num_classes,
+            dim=dim, depth=depth, heads=heads, mlp_dim=mlp_dim, pool=pool, channels=channels,
+            dim_head=dim_head, dropout=dropout, emb_dropout=emb_dropout,
         )  # fmt: skip
-        x, grid = self.to_patch_embedding(img)
-        x = x + crop_grid(self.pos_embedding[:, 1:], self.grid, grid)
-        cls = (self.cls_token + self.pos_embedding[:, :1]).expand(x.shape[0], -1, -1)
-        x = self.dropout(torch.cat((cls, x), dim=1))
-        x = self.transformer(x, intermediates=intermediates)
-        x = x[:, 0] if self.pool == "cls" else x.mean(dim=1)
-        return self.mlp_head(x)

@@ -2,14 +2,9 @@
 
 from __future__ import annotations
 
-import math
-
-import torch
-from torch import Tensor, nn
-
 from vit_parity.config import records_config
-from vit_parity.validate import check_choice, check_input, video_geometry
-from vit_torch.layers import Intermediates, PatchEmbed, Transformer, crop_grid
+from vit_parity.validate import video_geometry
+from vit_torch.vit import ClassTokenViT
 
 __all__ = ["ViT"]
 
@@ -17,7 +12,7 @@ VIDEO_AXES = ("frames", "height", "width")
 
 
 @records_config
-class ViT(nn.Module):
+class ViT(ClassTokenViT):
     """ViT (Dosovitskiy et al., 2020) on videos: tubelets of ``frame_patch_size x image_patch_size``,
     a class token and learned positions over the ``(t, h, w)`` tubelet grid.
 
@@ -43,29 +38,9 @@ class ViT(nn.Module):
         dropout: float = 0.0,
         emb_dropout: float = 0.0,
     ) -> None:
-        super().__init__()
-        self.size, self.patch_size = video_geometry(image_size, image_patch_size, frames, frame_patch_size)
-        check_choice(pool, ("cls", "mean"), "pool")
-        self.pool = pool
-        self.channels = channels
-        self.grid = tuple(s // p for s, p in zip(self.size, self.patch_size))
-
-        self.to_patch_embedding = PatchEmbed(self.patch_size, channels, dim)
-        self.pos_embedding = nn.Parameter(torch.randn(1, math.prod(self.grid) + 1, dim))
-        self.cls_token = nn.Parameter(torch.randn(1, 1, dim))
-        self.dropout = nn.Dropout(emb_dropout)
-        self.transformer = Transformer(dim, depth, heads, dim_head, mlp_dim, dropout)
-        self.mlp_head = nn.Linear(dim, num_classes)
-
-    def forward(self, video: Tensor, intermediates: Intermediates | None = None) -> Tensor:
-        check_input(
-            video.shape, name="video", channels_last=False, channels=self.channels,
-            max_size=self.size, patch=self.patch_size, axis_names=VIDEO_AXES,
+        size, patch = video_geometry(image_size, image_patch_size, frames, frame_patch_size)
+        super().__init__(
+            size=size, patch_size=patch, axis_names=VIDEO_AXES, input_name="video", num_classes=num_classes,
+            dim=dim, depth=depth, heads=heads, mlp_dim=mlp_dim, pool=pool, channels=channels,
+            dim_head=dim_head, dropout=dropout, emb_dropout=emb_dropout,
         )  # fmt: skip
-        x, grid = self.to_patch_embedding(video)
-        x = x + crop_grid(self.pos_embedding[:, 1:], self.grid, grid)
-        cls = (self.cls_token + self.pos_embedding[:, :1]).expand(x.shape[0], -1, -1)
-        x = self.dropout(torch.cat((cls, x), dim=1))
-        x = self.transformer(x, intermediates=intermediates)
-        x = x[:, 0] if self.pool == "cls" else x.mean(dim=1)
-        return self.mlp_head(x)
