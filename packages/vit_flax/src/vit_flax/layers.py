@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from vit_flax.attention import attend
 from vit_parity.posemb import sincos_table
 
 Array = jax.Array
@@ -36,15 +37,15 @@ class Intermediates:
 
 
 def attention_weights(q: Array, k: Array, mask: Array | None = None) -> Array:
-    """Softmax attention weights ``(b, h, n_q, n_k)`` from ``(b, n, h, d)`` queries and keys."""
-    logits = jnp.einsum("bqhd,bkhd->bhqk", q, k) * q.shape[-1] ** -0.5
+    """Softmax attention weights ``(b, h, n_q, n_k)`` from ``(b, h, n, d)`` queries and keys."""
+    logits = jnp.einsum("bhqd,bhkd->bhqk", q, k) * q.shape[-1] ** -0.5
     if mask is not None:
         logits = jnp.where(mask, logits, jnp.finfo(logits.dtype).min)
     return jax.nn.softmax(logits, axis=-1)
 
 
 class Attention(nnx.Module):
-    """Pre-norm multi-head self-attention, fused through ``jax.nn.dot_product_attention``.
+    """Pre-norm multi-head self-attention through :func:`vit_flax.attention.attend` (flash-style backward).
 
     ``__call__(x, mask)`` takes ``x`` of shape ``(b, n, dim)`` and an optional boolean ``mask``
     broadcastable to ``(b, heads, n, n)``, True where a query may attend to a key.
@@ -89,11 +90,11 @@ class Attention(nnx.Module):
     ) -> Array:
         x = self.norm(x)
         b, n, _ = x.shape
-        if context is None:
-            q, k, v = jnp.split(self.to_qkv(x), 3, axis=-1)
+        if context is None:  # (b, n, 3 * h * d) to three (b, h, n, d), in one transpose
+            q, k, v = self.to_qkv(x).reshape(b, n, 3, self.heads, -1).transpose(2, 0, 3, 1, 4)
         else:
             q, k, v = (_linear_part(self.to_qkv, t, i, 3) for i, t in enumerate((x, context, context)))
-        q, k, v = (t.reshape(*t.shape[:-1], self.heads, -1) for t in (q, k, v))
+            q, k, v = (t.reshape(b, t.shape[1], self.heads, -1).transpose(0, 2, 1, 3) for t in (q, k, v))
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
         record = intermediates is not None and intermediates.with_attn
@@ -101,10 +102,10 @@ class Attention(nnx.Module):
             attn = attention_weights(q, k, mask)
             if record:
                 intermediates.attn.append(attn)
-            out = jnp.einsum("bhqk,bkhd->bqhd", self.attn_drop(attn), v)
+            out = self.attn_drop(attn) @ v
         else:
-            out = jax.nn.dot_product_attention(q, k, v, mask=mask)
-        out = out.reshape(b, n, -1)
+            out = attend(q, k, v, mask)
+        out = out.transpose(0, 2, 1, 3).reshape(b, n, -1)
         return self.out_drop(self.to_out(out) if self.to_out is not None else out)
 
 
