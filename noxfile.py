@@ -132,12 +132,15 @@ def bench(session: nox.Session) -> None:
     """Throughput and peak memory against vit-pytorch and timm (extra arguments go to bench/compare.py).
 
     Runs in its own venv pinned by bench/constraints.txt (torch 2.14.1 + torchvision for the reference
-    libraries); writes bench/results.md and bench/results.json, then runs bench/navit.py (bench/navit.json).
+    libraries); writes bench/results.md and bench/results.json, then runs bench/navit.py (bench/navit.json)
+    and prints bench/xla_memory.py's figures.
     """
     session.install(*BENCH_PIN, "torch", "torchvision", "vit-pytorch", "timm", "jax", "jaxlib", "flax", "optax")
     session.install(*BENCH_PIN, "-e", CORE, "-e", TORCH, "-e", FLAX)  # editable: measure the working tree
     session.run("python", "bench/compare.py", *session.posargs)
-    session.run("python", "bench/navit.py", "--json", "bench/navit.json")  # NaViT: packed against padded batches
+    session.run("python", "bench/navit.py", "--backends", "torch,flax", "--json", "bench/navit.json")  # NaViT
+    for size, batch in (("224", "8"), ("512", "2")):  # the temporaries XLA plans for a flax training step
+        session.run("python", "bench/xla_memory.py", "--size", size, "--batch", batch)
 
 
 @nox.session
