@@ -9,36 +9,18 @@ repeatable, unlike a resident-set measurement.
 from __future__ import annotations
 
 import argparse
-import importlib
 
 import jax
 import jax.numpy as jnp
-import optax
-from flax import nnx
+from compare import Config, build_flax_model, flax_training_step
 
-VIT_S = dict(dim=384, depth=12, heads=6, mlp_dim=1536, dim_head=64)
-ARCHS = {"vit": "vit_flax.vit:ViT", "simple_vit": "vit_flax.simple_vit:SimpleViT"}
+ARCHS = {"vit": "ViT", "simple_vit": "SimpleViT"}
 
 
-def training_step_memory(arch: str, size: int, batch: int, patch: int = 16) -> dict[str, float]:
-    """MiB of temporaries, arguments and outputs XLA plans for one training step."""
-    module, name = ARCHS[arch].split(":")
-    cls = getattr(importlib.import_module(module), name)
-    model = cls(image_size=size, patch_size=patch, num_classes=1000, **VIT_S, rngs=nnx.Rngs(0))
-    model.train()
-    optimizer = nnx.Optimizer(model, optax.adamw(1e-4), wrt=nnx.Param)
-    graphdef, state = nnx.split((model, optimizer))
-
-    def step(state: nnx.State, x: jax.Array, y: jax.Array) -> tuple[nnx.State, jax.Array]:
-        model, optimizer = nnx.merge(graphdef, state)
-
-        def loss_fn(model: nnx.Module) -> jax.Array:
-            return optax.softmax_cross_entropy_with_integer_labels(model(x), y).mean()
-
-        loss, grads = nnx.value_and_grad(loss_fn)(model)
-        optimizer.update(model, grads)
-        return nnx.state((model, optimizer)), loss
-
+def training_step_memory(arch: str, size: int, batch: int) -> dict[str, float]:
+    """MiB of temporaries, arguments and outputs XLA plans for one training step of bench/compare.py."""
+    cfg = Config(str(size), "", batch, (3, size, size), ())
+    step, state = flax_training_step(build_flax_model(f"vit_flax.{ARCHS[arch]}", cfg))
     x = jax.ShapeDtypeStruct((batch, size, size, 3), jnp.float32)
     y = jax.ShapeDtypeStruct((batch,), jnp.int32)
     analysis = jax.jit(step, donate_argnums=0).lower(state, x, y).compile().memory_analysis()
