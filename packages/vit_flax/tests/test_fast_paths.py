@@ -1,4 +1,4 @@
-"""Fast paths users reach for: jit compiles once per shape, and bf16 compute agrees with fp32."""
+"""Fast paths users reach for: jit compiles once per shape, bf16 compute agrees with fp32, lean training memory."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ import pytest
 from flax import nnx
 from jax.ad_checkpoint import print_saved_residuals
 
+import vit_flax.layers
 from vit_flax import SimpleViT, ViT
 from vit_flax.layers import FeedForward
 
@@ -124,3 +125,32 @@ def test_feed_forward_keeps_few_hidden_activations_for_the_backward_pass() -> No
     np.testing.assert_allclose(loss(state, x), plain(state, x), rtol=1e-6)
     for a, b in zip(jax.tree.leaves(jax.grad(loss)(state, x)), jax.tree.leaves(jax.grad(plain)(state, x))):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_training_step_needs_less_memory_than_with_the_plain_modules(monkeypatch: pytest.MonkeyPatch) -> None:
+    """XLA's planned temporaries for a training step on 257 tokens: the flash-style attention and the lean
+    LayerNorm each lower them against jax.nn.dot_product_attention and nnx.LayerNorm."""
+
+    def temporaries_mib() -> float:
+        model = ViT(image_size=128, patch_size=8, num_classes=10, dim=64, depth=2, heads=4, mlp_dim=128, dim_head=16)
+        graphdef, state, rest = nnx.split(model, nnx.Param, ...)
+
+        def loss(state: nnx.State, x: jax.Array, y: jax.Array) -> jax.Array:
+            logits = nnx.merge(graphdef, state, rest)(x)
+            return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+
+        x, y = jax.ShapeDtypeStruct((2, 128, 128, 3), jnp.float32), jax.ShapeDtypeStruct((2,), jnp.int32)
+        return jax.jit(jax.grad(loss)).lower(state, x, y).compile().memory_analysis().temp_size_in_bytes / 2**20
+
+    def plain_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array | None = None) -> jax.Array:
+        q, k, v = (t.swapaxes(1, 2) for t in (q, k, v))  # (b, h, n, d) to jax's (b, n, h, d)
+        return jax.nn.dot_product_attention(q, k, v, mask=mask).swapaxes(1, 2)
+
+    ours = temporaries_mib()
+    with monkeypatch.context() as m:
+        m.setattr(vit_flax.layers, "LayerNorm", nnx.LayerNorm)
+        plain_norm = temporaries_mib()
+        m.setattr(vit_flax.layers, "attend", plain_attention)
+        plain_both = temporaries_mib()
+    assert ours < plain_norm < plain_both, (ours, plain_norm, plain_both)
+    assert ours < 0.75 * plain_both, (ours, plain_norm, plain_both)
