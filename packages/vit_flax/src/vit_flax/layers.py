@@ -18,9 +18,7 @@ from vit_parity.posemb import sincos_table
 
 Array = jax.Array
 # torch's default GELU is the exact one. Under jax.checkpoint the backward pass recomputes erf from the input
-# instead of keeping its temporaries (same values). Rematerializing fc2's input as well keeps fewer arrays in
-# the jaxpr but XLA schedules the recomputations early: a ViT-S training step at 224, batch 8 then needs
-# 979 MiB of XLA temporaries instead of 652 MiB.
+# instead of keeping its temporaries (same values); why not more is rematerialized: DESIGN.md, speed and memory.
 gelu = jax.checkpoint(partial(jax.nn.gelu, approximate=False))
 
 

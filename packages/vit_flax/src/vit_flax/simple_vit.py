@@ -11,7 +11,7 @@ from flax import nnx
 from vit_flax.layers import Intermediates, PatchEmbed, Transformer, default_rngs, sincos_posemb
 from vit_flax.vit import IMAGE_AXES
 from vit_parity.config import records_config
-from vit_parity.validate import as_tuple, check_divisible, check_input
+from vit_parity.validate import check_input, image_geometry
 
 __all__ = ["SimpleViT"]
 
@@ -84,8 +84,7 @@ class SimpleViT(SinCosViT):
         dtype: jnp.dtype | None = None,
         rngs: nnx.Rngs | None = None,
     ) -> None:
-        size, patch = as_tuple(image_size, 2, "image_size"), as_tuple(patch_size, 2, "patch_size")
-        check_divisible(size, patch, "image_size", "patch_size")
+        size, patch = image_geometry(image_size, patch_size)
         super().__init__(
             size=size, patch_size=patch, axis_names=IMAGE_AXES, input_name="img", num_classes=num_classes,
             dim=dim, depth=depth, heads=heads, mlp_dim=mlp_dim, channels=channels, dim_head=dim_head,

@@ -11,7 +11,7 @@ from flax import nnx
 
 from vit_flax.layers import Intermediates, PatchEmbed, Transformer, crop_grid, default_rngs
 from vit_parity.config import records_config
-from vit_parity.validate import as_tuple, check_choice, check_divisible, check_input
+from vit_parity.validate import check_choice, check_input, image_geometry
 
 __all__ = ["ViT"]
 
@@ -99,8 +99,7 @@ class ViT(ClassTokenViT):
         dtype: jnp.dtype | None = None,
         rngs: nnx.Rngs | None = None,
     ) -> None:
-        size, patch = as_tuple(image_size, 2, "image_size"), as_tuple(patch_size, 2, "patch_size")
-        check_divisible(size, patch, "image_size", "patch_size")
+        size, patch = image_geometry(image_size, patch_size)
         super().__init__(
             size=size, patch_size=patch, axis_names=IMAGE_AXES, input_name="img", num_classes=num_classes,
             dim=dim, depth=depth, heads=heads, mlp_dim=mlp_dim, pool=pool, channels=channels,

@@ -58,6 +58,16 @@ def check_input(
     return spatial
 
 
+def image_geometry(
+    image_size: int | Sequence[int], patch_size: int | Sequence[int], patch_name: str = "patch_size"
+) -> tuple[tuple[int, int], tuple[int, int]]:
+    """The ``(h, w)`` size and ``(ph, pw)`` patch of an image model, validated (``patch_name`` names the
+    patch argument in errors)."""
+    size, patch = as_tuple(image_size, 2, "image_size"), as_tuple(patch_size, 2, patch_name)
+    check_divisible(size, patch, "image_size", patch_name)
+    return size, patch
+
+
 def video_geometry(
     image_size: int | Sequence[int], image_patch_size: int | Sequence[int], frames: int, frame_patch_size: int
 ) -> tuple[tuple[int, int, int], tuple[int, int, int]]:
@@ -67,9 +77,7 @@ def video_geometry(
     """
     t = as_tuple(frames, 1, "frames")[0]
     pt = as_tuple(frame_patch_size, 1, "frame_patch_size")[0]
-    h, w = as_tuple(image_size, 2, "image_size")
-    ph, pw = as_tuple(image_patch_size, 2, "image_patch_size")
-    check_divisible((h, w), (ph, pw), "image_size", "image_patch_size")
+    (h, w), (ph, pw) = image_geometry(image_size, image_patch_size, "image_patch_size")
     if t % pt:
         raise ValueError(f"frames {t} must be divisible by frame_patch_size {pt}")
     return (t, h, w), (pt, ph, pw)

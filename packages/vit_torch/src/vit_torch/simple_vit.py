@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from torch import Tensor, nn
 
 from vit_parity.config import records_config
-from vit_parity.validate import as_tuple, check_divisible, check_input
+from vit_parity.validate import check_input, image_geometry
 from vit_torch.layers import Intermediates, PatchEmbed, Transformer, crop_grid, sincos_posemb
 from vit_torch.vit import IMAGE_AXES
 
@@ -77,8 +77,7 @@ class SimpleViT(SinCosViT):
         channels: int = 3,
         dim_head: int = 64,
     ) -> None:
-        size, patch = as_tuple(image_size, 2, "image_size"), as_tuple(patch_size, 2, "patch_size")
-        check_divisible(size, patch, "image_size", "patch_size")
+        size, patch = image_geometry(image_size, patch_size)
         super().__init__(
             size=size, patch_size=patch, axis_names=IMAGE_AXES, input_name="img", num_classes=num_classes,
             dim=dim, depth=depth, heads=heads, mlp_dim=mlp_dim, channels=channels, dim_head=dim_head,

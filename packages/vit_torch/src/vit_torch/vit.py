@@ -9,7 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from vit_parity.config import records_config
-from vit_parity.validate import as_tuple, check_choice, check_divisible, check_input
+from vit_parity.validate import check_choice, check_input, image_geometry
 from vit_torch.layers import Intermediates, PatchEmbed, Transformer, crop_grid
 
 __all__ = ["ViT"]
@@ -93,8 +93,7 @@ class ViT(ClassTokenViT):
         dropout: float = 0.0,
         emb_dropout: float = 0.0,
     ) -> None:
-        size, patch = as_tuple(image_size, 2, "image_size"), as_tuple(patch_size, 2, "patch_size")
-        check_divisible(size, patch, "image_size", "patch_size")
+        size, patch = image_geometry(image_size, patch_size)
         super().__init__(
             size=size, patch_size=patch, axis_names=IMAGE_AXES, input_name="img", num_classes=num_classes,
             dim=dim, depth=depth, heads=heads, mlp_dim=mlp_dim, pool=pool, channels=channels,
