@@ -87,7 +87,7 @@ def demo(session: nox.Session) -> None:
     results = {}
     for name, args, floor in (("vivit", DEMO_VIVIT, 0.8), ("vit", DEMO_VIT, 0.9)):
         run = out / name
-        session.run("vit", "train", "--backend", "torch", *args, "--out", str(run))
+        session.run("vit", "train", "--backend", "torch", *args, "--out", str(run), "--overwrite")  # a rerun
         report, data, converted = out / f"{name}-eval.json", args[args.index("--data") + 1], out / f"{name}-flax"
         session.run("vit", "convert", str(run / "checkpoint"), "--to", "flax", "-o", str(converted))
         # the flax-layout checkpoint, evaluated in both backends on the held-out split it was trained without

@@ -13,7 +13,8 @@ Protocol
   ``fused=True``, optax.adamw; lr 1e-4). Each contender runs one untimed warm-up of each before the
   rounds; for flax the XLA compilation comes first, timed and reported on its own (``compile s``).
 - Flax runs through ``jax.jit`` on the ``nnx.split`` state (the NNX performance idiom); the training
-  step donates its state buffers. Inputs are channels-last for flax, channels-first for torch.
+  step is ``vit_flax.train.training_step``, the one ``vit_flax.train.fit`` runs (optax AdamW, decay on
+  linear and conv weights), and donates its state buffers. Inputs are channels-last for flax, channels-first for torch.
 - Peak memory: one fresh subprocess per contender, inference first, then training. Once the model,
   optimizer and inputs exist and one warm-up step of the mode has run (optimizer state allocated,
   flax compiled), the resident-set high-water mark is reset (``/proc/self/clear_refs``), one step runs,
@@ -207,30 +208,6 @@ class TorchRunner(Runner):
         self.opt.step()
 
 
-def flax_training_step(model: object) -> tuple[Callable, object]:
-    """The timed flax training step as a pure function of ``(state, x, y)``, and its initial state: the
-    model and an optax AdamW optimizer, split with ``nnx.split`` (the NNX performance idiom)."""
-    import jax
-    import optax
-    from flax import nnx
-
-    model.train()
-    optimizer = nnx.Optimizer(model, optax.adamw(LR), wrt=nnx.Param)
-    graphdef, state = nnx.split((model, optimizer))
-
-    def step(state: nnx.State, x: jax.Array, y: jax.Array) -> tuple[nnx.State, jax.Array]:
-        model, optimizer = nnx.merge(graphdef, state)
-
-        def loss_fn(model: nnx.Module) -> jax.Array:
-            return optax.softmax_cross_entropy_with_integer_labels(model(x), y).mean()
-
-        loss, grads = nnx.value_and_grad(loss_fn)(model)
-        optimizer.update(model, grads)
-        return nnx.state((model, optimizer)), loss
-
-    return step, state
-
-
 class FlaxRunner(Runner):
     framework = "flax"
 
@@ -239,6 +216,8 @@ class FlaxRunner(Runner):
         import jax.numpy as jnp
         import numpy as np
         from flax import nnx
+
+        from vit_flax.train import training_step
 
         self.jax = jax
         rng = np.random.default_rng(seed)
@@ -257,10 +236,10 @@ class FlaxRunner(Runner):
         self.eval_state = jax.tree.map(jnp.array, state)  # a copy: the training step donates its buffers
         self._forward = self._compile("infer", jax.jit(forward), state, self.x)
 
-        step, train_state = flax_training_step(model)
-
-        self.train_state = train_state
-        self._step = self._compile("train", jax.jit(step, donate_argnums=0), train_state, self.x, self.y)
+        # the step vit_flax.train.fit runs: jitted, its state donated
+        step, self.train_state = training_step(model, weight_decay=1e-4)
+        self.lr = jnp.float32(LR)
+        self._step = self._compile("train", step, self.train_state, self.x, self.y, self.lr)
 
     def _compile(self, what: str, fn: Callable, *args: object) -> Callable:
         start = time.perf_counter()
@@ -272,7 +251,7 @@ class FlaxRunner(Runner):
         self._forward(self.eval_state, self.x).block_until_ready()
 
     def train(self) -> None:
-        self.train_state, loss = self._step(self.train_state, self.x, self.y)
+        self.train_state, loss, _ = self._step(self.train_state, self.x, self.y, self.lr)
         loss.block_until_ready()
 
 

@@ -7,7 +7,7 @@ bench/navit.json).
 Workload: ``--images`` images (3 channels) whose height and width are drawn independently and uniformly
 from ``--min-side`` to ``--max-side`` in steps of the patch size (seeded).
 
-- Fill: the fraction of real tokens when the packer (``vit_parity.packing.pack``, first-fit decreasing)
+- Fill: the fraction of real tokens when the packer (``vit_parity.core.packing.pack``, first-fit decreasing)
   groups the images into sequences of ``--group-max-seq-len`` tokens, against padding every image to
   the largest size (``--max-side`` squared), one image a sequence.
 - Speed: the same model (eval mode, no gradients) classifies the whole workload twice per round: packed
@@ -36,7 +36,7 @@ from pathlib import Path
 
 import numpy as np
 
-from vit_parity import packing
+from vit_parity.core import packing
 
 
 def workload(n: int, min_side: int, max_side: int, patch: int, seed: int) -> list[np.ndarray]:

@@ -1,9 +1,10 @@
 """XLA's buffer sizes for one vit_flax training step (forward, cross-entropy, backward, AdamW update).
 
-``python bench/xla_memory.py --arch vit --size 512 --batch 2`` compiles the step the bench times (ViT-S/16
-dims, the state donated) and prints ``compiled.memory_analysis()``: the temporaries are what the step needs
-on top of its arguments (parameters, optimizer state, inputs). The figure is the compiler's plan, exact and
-repeatable, unlike a resident-set measurement.
+``python bench/xla_memory.py --arch vit --size 512 --batch 2`` compiles the step the bench times and
+``vit_flax.train.fit`` runs (``vit_flax.train.training_step``; ViT-S/16 dims, the state donated) and
+prints ``compiled.memory_analysis()``: the temporaries are what the step needs on top of its arguments
+(parameters, optimizer state, inputs). The figure is the compiler's plan, exact and repeatable, unlike
+a resident-set measurement.
 """
 
 from __future__ import annotations
@@ -12,7 +13,9 @@ import argparse
 
 import jax
 import jax.numpy as jnp
-from compare import Config, build_flax_model, flax_training_step
+from compare import Config, build_flax_model
+
+from vit_flax.train import training_step
 
 ARCHS = {"vit": "ViT", "simple_vit": "SimpleViT"}
 
@@ -20,10 +23,11 @@ ARCHS = {"vit": "ViT", "simple_vit": "SimpleViT"}
 def training_step_memory(arch: str, size: int, batch: int) -> dict[str, float]:
     """MiB of temporaries, arguments and outputs XLA plans for one training step of bench/compare.py."""
     cfg = Config(str(size), "", batch, (3, size, size), ())
-    step, state = flax_training_step(build_flax_model(f"vit_flax.{ARCHS[arch]}", cfg))
+    step, state = training_step(build_flax_model(f"vit_flax.{ARCHS[arch]}", cfg), weight_decay=1e-4)
     x = jax.ShapeDtypeStruct((batch, size, size, 3), jnp.float32)
     y = jax.ShapeDtypeStruct((batch,), jnp.int32)
-    analysis = jax.jit(step, donate_argnums=0).lower(state, x, y).compile().memory_analysis()
+    lr = jax.ShapeDtypeStruct((), jnp.float32)
+    analysis = step.lower(state, x, y, lr).compile().memory_analysis()
     mib = 2.0**20
     return {
         "temp_mib": analysis.temp_size_in_bytes / mib,

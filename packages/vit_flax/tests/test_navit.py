@@ -10,7 +10,7 @@ from flax import nnx
 
 from vit_flax.na_vit import NaViT
 from vit_flax.na_vit_3d import NaViT as NaViT3d
-from vit_parity import packing, spec
+from vit_parity.core import packing, spec
 
 # the spec's 2-D config, so that the generic tests and these share compiled functions
 CFG = dict(spec.get("navit").case().config)

@@ -13,8 +13,8 @@ from flax import nnx
 
 import vit_flax
 from vit_flax import train
-from vit_parity import checkpoint as ckpt_io
-from vit_parity.training import warmup_cosine
+from vit_parity.core import checkpoint as ckpt_io
+from vit_parity.core.loop import warmup_cosine
 
 CONFIG = dict(image_size=8, patch_size=4, num_classes=4, dim=16, depth=1, heads=2, mlp_dim=32, dim_head=8, channels=1)
 
@@ -55,7 +55,17 @@ def test_fit_learns_compiles_once_and_is_reproducible() -> None:
         np.testing.assert_array_equal(a, b)  # same seed, same weights
 
 
-def test_resumed_step_is_adamw_with_decay_on_matrices_only() -> None:
+def test_weight_decay_is_for_linear_and_conv_weights_only() -> None:
+    model = train.build("vit", CONFIG, seed=0)
+    kinds = vit_flax.checkpoint.module_kinds(model)
+    decayed = train.decayed_parameters(model)
+    want = sorted(f"{path}.kernel" for path, kind in kinds.items() if kind in ("linear", "conv"))
+    assert sorted(decayed) == want and len(want) == 6  # patch projection, qkv, out, fc1, fc2, head (one block)
+    assert not any(k.startswith(("pos_embedding", "cls_token")) or "norm" in k for k in decayed)
+    # the optimizer decays exactly these: see the next test
+
+
+def test_resumed_step_is_adamw_with_decay_on_linear_and_conv_weights_only() -> None:
     x, y = stripes(16)
     model = train.build("vit", CONFIG, seed=0)
     before = nnx.clone(model)
@@ -69,6 +79,7 @@ def test_resumed_step_is_adamw_with_decay_on_matrices_only() -> None:
         return nnx.grad(loss_fn)(m)
 
     grads = grad_fn(before)
+    decayed = set(train.decayed_parameters(before))
     lr, wd = 1e-2, 0.1
     seen = []
     # resume a two-epoch run of one full batch per epoch at epoch 1: a single step at half the peak rate
@@ -81,8 +92,8 @@ def test_resumed_step_is_adamw_with_decay_on_matrices_only() -> None:
     flat1 = dict(nnx.to_flat_state(nnx.state(model, nnx.Param)))
     for path, g in nnx.to_flat_state(grads):
         p0, p1, g = np.asarray(flat0[path][...]), np.asarray(flat1[path][...]), np.asarray(g[...])
-        decay = wd if p0.ndim >= 2 else 0.0
-        # Adam's first step with bias correction moves by g / (|g| + eps); decoupled decay on matrices
+        decay = wd if ".".join(map(str, path)) in decayed else 0.0
+        # Adam's first step with bias correction moves by g / (|g| + eps); decoupled decay on weights
         want = p0 - step_lr * (g / (np.abs(g) + 1e-8) + decay * p0)
         np.testing.assert_allclose(p1, want, rtol=1e-5, atol=1e-6, err_msg=str(path))
     with pytest.raises(ValueError, match="empty"):
@@ -97,6 +108,21 @@ def test_predict_pads_batches_and_takes_either_layout() -> None:
     np.testing.assert_allclose(logits, want, rtol=1e-5, atol=1e-6)
     channels_last = train.predict(model, np.moveaxis(x, 1, -1), batch_size=64, channels_first=False)
     np.testing.assert_allclose(channels_last, want, rtol=1e-5, atol=1e-6)
+
+
+def test_predict_restores_the_mode() -> None:
+    x, _ = stripes(20)
+    model = train.build("vit", dict(CONFIG, dropout=0.5), seed=0)
+    dropouts = [m for _, m in nnx.iter_graph(model) if isinstance(m, nnx.Dropout)]
+    assert dropouts
+    model.train()
+    logits = train.predict(model, x)
+    assert not any(m.deterministic for m in dropouts)  # left in training mode, as it was
+    model.eval()
+    want = np.asarray(nnx.jit(lambda m, v: m(v))(model, jnp.asarray(np.moveaxis(x, 1, -1))))
+    np.testing.assert_allclose(logits, want, rtol=1e-5, atol=1e-6)  # predicted in eval mode
+    train.predict(model, x)
+    assert all(m.deterministic for m in dropouts)
 
 
 def test_save_keeps_extra_and_weights(tmp_path: Path) -> None:

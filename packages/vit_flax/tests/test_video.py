@@ -97,11 +97,11 @@ def test_vivit_factorized_self_attention_matches_an_explicit_loop() -> None:
         cls = jnp.broadcast_to(m.spatial_cls_token[...], (2, 1, 1, 24))
         x = jnp.concatenate((cls, embed(m, patches).reshape(2, 1, 4, 24) + pos), axis=2)  # (b, f, 1 + n, d)
         block = m.factorized_transformer.blocks[0]
-        x = jnp.stack([x[:, i] + block.spatial_attn(x[:, i]) for i in range(1)], axis=1)
+        x = jnp.stack([x[:, i] + block.attn(block.norm1(x[:, i])) for i in range(1)], axis=1)
         cols = []
         for j in range(5):
-            c = x[:, :, j] + block.temporal_attn(x[:, :, j])
-            cols.append(c + block.ff(c))
+            c = x[:, :, j] + block.temporal_attn(block.temporal_norm(x[:, :, j]))
+            cols.append(c + block.ff(block.norm2(c)))
         return m.mlp_head(m.factorized_transformer.norm(jnp.stack(cols, axis=2))[:, 0, 0])
 
     agree(model, reference, np.random.default_rng(3).standard_normal((2, 2, 16, 8, 3), dtype=np.float32))
@@ -133,10 +133,10 @@ def test_cct_matches_an_explicit_computation_on_a_short_clip() -> None:
             )
         b, t, h, w, d = x.shape
         x = x.reshape(b, -1, d) + m.positional_emb[...][0].reshape(*m.grid, d)[:t, :h, :w].reshape(-1, d)
-        for block in m.blocks:
-            x = block.norm(x + block.attn(x))
+        for block in m.transformer.blocks:
+            x = block.norm2(x + block.attn(block.norm1(x)))
             x = x + block.ff.fc2(jax.nn.gelu(block.ff.fc1(x), approximate=False))
-        x = m.norm(x)
+        x = m.transformer.norm(x)
         weights = jax.nn.softmax(x @ m.attention_pool.kernel[...][:, 0] + m.attention_pool.bias[...], axis=1)
         return m.fc(jnp.einsum("bn,bnd->bd", weights, x))
 
@@ -153,9 +153,12 @@ def test_cct_presets(preset: str, layers: int, heads: int, ratio: int, dim: int)
     cfg = model.config
     assert (cfg["num_layers"], cfg["num_heads"], cfg["mlp_ratio"], cfg["embedding_dim"]) == (layers, heads, ratio, dim)
     assert (cfg["kernel_size"], cfg["stride"], cfg["padding"]) == (3, 1, 1)
-    assert len(model.blocks) == layers and model.blocks[0].ff.fc1.kernel.shape == (dim, dim * ratio)
+    assert len(model.transformer.blocks) == layers and model.transformer.blocks[0].ff.fc1.kernel.shape == (
+        dim,
+        dim * ratio,
+    )
     assert model.tokenizer.convs[0].kernel.shape == (3, 3, 3, 3, dim)  # (kt, kh, kw, in, out)
-    assert [b.drop_path.rate for b in model.blocks] == pytest.approx(np.linspace(0, 0.1, layers))
+    assert [b.drop_path.drop_prob for b in model.transformer.blocks] == pytest.approx(np.linspace(0, 0.1, layers))
 
 
 def test_drop_path_drops_whole_samples_in_training_only() -> None:

@@ -11,8 +11,8 @@ import pytest
 from flax import nnx
 
 from vit_flax import SimpleViT, ViT
-from vit_flax.layers import Attention, Intermediates, crop_grid, patchify
-from vit_parity.posemb import sincos_table
+from vit_flax.layers import Attention, crop_grid, patchify
+from vit_parity.core.posemb import sincos_table
 
 SMALL = dict(num_classes=5, dim=32, depth=2, heads=2, mlp_dim=64, dim_head=16)
 
@@ -34,14 +34,11 @@ def test_fused_attention_matches_explicit_softmax() -> None:
     mask = jax.random.uniform(jax.random.key(2), (3, 1, 7, 7)) > 0.3
     mask = mask.at[..., 0].set(True)
     fused = attn(x, mask)
-    record = Intermediates(with_attn=True)
-    explicit = attn(x, mask, record)
+    explicit, weights = attn(x, mask, return_attn=True)
     np.testing.assert_allclose(fused, explicit, rtol=1e-5, atol=1e-5)
-    weights = record.attn[0]
     assert weights.shape == (3, 2, 7, 7)
     np.testing.assert_allclose(weights.sum(-1), np.ones((3, 2, 7)), rtol=1e-6)
-    h = attn.norm(x)
-    q, k, _ = np.split(np.asarray(attn.to_qkv(h)), 3, axis=-1)
+    q, k, _ = np.split(np.asarray(attn.to_qkv(x)), 3, axis=-1)
     q, k = (t.reshape(3, 7, 2, 8).transpose(0, 2, 1, 3) for t in (q, k))
     logits = q @ k.transpose(0, 1, 3, 2) / math.sqrt(8)
     logits = np.where(np.broadcast_to(mask, logits.shape), logits, -np.inf)

@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 import tomllib
 
-from vit_parity import checkpoint as io
-from vit_parity import spec
-from vit_parity.config import from_json, records_config, to_json
-from vit_parity.validate import as_tuple, check_input
+from vit_parity.core import checkpoint as io
+from vit_parity.core import spec
+from vit_parity.core.config import from_json, records_config, to_json
+from vit_parity.core.validate import as_tuple, check_input
 
 ROOT = Path(__file__).resolve().parents[3]
 
@@ -145,7 +145,39 @@ def test_backends_install_independently() -> None:
 def test_core_imports_no_framework() -> None:
     import subprocess
 
-    code = "import vit_parity, vit_parity.cli, vit_parity.checkpoint, sys; " \
+    code = "import vit_parity, vit_parity.tools.cli, vit_parity.core.checkpoint, sys; " \
            "print(sorted(m for m in ('torch', 'jax', 'flax') if m in sys.modules))"  # fmt: skip
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_the_backends_import_nothing_from_the_tools() -> None:
+    """vit_parity.core is the contract the backends import; vit_parity.tools (cli, data, parity, fixtures) is not."""
+    import ast
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    for package in ("vit_torch", "vit_flax"):
+        for path in (root / package / "src" / package).rglob("*.py"):
+            for node in ast.walk(ast.parse(path.read_text())):
+                names = [a.name for a in node.names] if isinstance(node, ast.Import) else []
+                if isinstance(node, ast.ImportFrom) and node.module:
+                    names = [node.module, *(f"{node.module}.{a.name}" for a in node.names)]
+                bad = [n for n in names if n.startswith("vit_parity.tools")]
+                assert not bad, f"{path.relative_to(root)} imports {bad}"
+    # at run time too: building, saving and loading in both backends loads no tool (nor a test fixture)
+    code = (
+        "import sys, tempfile, jax.numpy as jnp, torch, vit_torch, vit_flax\n"
+        "from vit_parity.core import spec\n"
+        "m = vit_torch.ViT(image_size=16, patch_size=8, num_classes=3, dim=16, depth=1, heads=2, mlp_dim=32)\n"
+        "d = tempfile.mkdtemp()\n"
+        "vit_torch.save(m, d + '/ck')\n"
+        "vit_flax.load(d + '/ck')(jnp.zeros((1, 16, 16, 3)))\n"
+        "[c.hook for a in spec.REGISTRY.values() for c in a.cases]\n"
+        "print(sorted(k for k in sys.modules if k.startswith('vit_parity.tools')))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"

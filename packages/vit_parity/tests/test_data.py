@@ -1,4 +1,4 @@
-"""vit_parity.data: built-in datasets, folders, preprocessing, resizing, batching."""
+"""vit_parity.tools.data: built-in datasets, folders, preprocessing, resizing, batching."""
 
 from __future__ import annotations
 
@@ -11,8 +11,9 @@ import sklearn.datasets as sklearn_datasets
 import torch
 from PIL import Image
 
-from vit_parity import data
-from vit_parity.data import DataError, Preprocess
+from vit_parity.core import loop
+from vit_parity.tools import data
+from vit_parity.tools.data import DataError, Preprocess
 
 
 @pytest.fixture(scope="module")
@@ -234,19 +235,19 @@ def test_split_is_stratified_disjoint_and_seeded() -> None:
 
 
 def test_batches_cover_every_index_once() -> None:
-    got = np.concatenate(list(data.batches(10, 3, rng=np.random.default_rng(0))))
+    got = np.concatenate(list(loop.batches(10, 3, rng=np.random.default_rng(0))))
     assert sorted(got) == list(range(10)) and list(got) != list(range(10))
-    assert [len(b) for b in data.batches(10, 3, drop_last=True)] == [3, 3, 3]
+    assert [len(b) for b in loop.batches(10, 3, drop_last=True)] == [3, 3, 3]
 
 
 def test_random_shift_translates_within_range() -> None:
     x = np.zeros((50, 1, 9, 9), dtype=np.float32)
     x[:, 0, 4, 4] = 1.0
-    out = data.random_shift(x, 2, np.random.default_rng(0))
+    out = loop.random_shift(x, 2, np.random.default_rng(0))
     pos = np.array([np.argwhere(o[0] == 1.0)[0] for o in out])
     assert np.abs(pos - 4).max() == 2 and len({tuple(p) for p in pos}) > 10
     assert out.sum() == 50  # nothing lost away from the border
-    np.testing.assert_array_equal(data.random_shift(x, 0, np.random.default_rng(0)), x)
+    np.testing.assert_array_equal(loop.random_shift(x, 0, np.random.default_rng(0)), x)
 
 
 # ----------------------------------------------------------------------------------------- preprocessing

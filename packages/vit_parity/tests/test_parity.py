@@ -5,7 +5,6 @@ from __future__ import annotations
 from functools import partial
 from pathlib import Path
 
-import jax
 import numpy as np
 import pytest
 import torch
@@ -16,9 +15,9 @@ import vit_flax.layers
 import vit_torch
 from vit_flax.checkpoint import module_kinds as flax_kinds
 from vit_flax.checkpoint import state_numpy as flax_state
-from vit_parity import spec
-from vit_parity.convert import convert
-from vit_parity.parity import build_pair, run_case
+from vit_parity.core import spec
+from vit_parity.core.convert import convert
+from vit_parity.tools.parity import build_pair, run_case
 from vit_torch.checkpoint import module_kinds as torch_kinds
 from vit_torch.checkpoint import state_numpy as torch_state
 
@@ -58,7 +57,7 @@ def _set_eps(model: nnx.Module, eps: float) -> None:
 def _tanh_gelu(model: nnx.Module) -> None:
     for _, node in nnx.iter_graph(model):
         if isinstance(node, vit_flax.layers.FeedForward):
-            node.act = partial(jax.nn.gelu, approximate=True)
+            node.act = "gelu_tanh"
 
 
 @pytest.mark.parametrize("arch", sorted(spec.REGISTRY))

@@ -1,25 +1,20 @@
-"""vit_parity.training: the schedule, metrics, progress bar, constructor mapping and atomic JSON."""
+"""vit_parity.tools.training: the schedule, metrics, progress bar, constructor mapping and atomic JSON."""
 
 from __future__ import annotations
 
 import io
 import json
 import math
+import re
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from vit_parity.training import (
-    EpochMetrics,
-    Progress,
-    cross_entropy,
-    model_config,
-    per_class_accuracy,
-    softmax,
-    warmup_cosine,
-    write_json,
-)
+from vit_parity.core import packing
+from vit_parity.core.loop import EpochMetrics, Progress, cross_entropy, warmup_cosine
+from vit_parity.tools import adapters
+from vit_parity.tools.training import constructor_config, per_class_accuracy, softmax, write_json
 
 
 def test_warmup_cosine() -> None:
@@ -84,24 +79,55 @@ class _Video:
         pass
 
 
-def test_model_config_fills_arguments_by_name() -> None:
-    opts = {"dim": 32, "depth": 2, "heads": 4, "mlp_dim": 64, "dim_head": 8, "patch_size": 4, "pool": None}
-    cfg = model_config(_Image, channels=1, size=(16, 12), num_classes=10, options=opts)
-    assert cfg == dict(
-        image_size=(16, 12), patch_size=4, num_classes=10, dim=32, depth=2, heads=4, mlp_dim=64, channels=1, dim_head=8
-    )
-    video = model_config(
-        _Video, channels=3, size=(8, 16, 16), num_classes=5, options={**opts, "frame_patch_size": 2},
-        overrides={"temporal_depth": 1, "variant": "factorized_self_attention"},
-    )  # fmt: skip
+def test_constructor_config_keeps_what_the_class_takes() -> None:
+    args = dict(image_size=(16, 12), patch_size=4, num_classes=10, dim=32, depth=2, heads=4, mlp_dim=64, dim_head=8)
+    cfg = constructor_config(_Image, dict(args, channels=1, pool=None, frames=3))  # pool, frames: not taken
+    assert cfg == dict(args, channels=1)
+    assert constructor_config(_Image, args, {"channels": 2, "dim_head": 4}) == dict(args, channels=2, dim_head=4)
+    with pytest.raises(ValueError, match=r"_Video needs \['frame_patch_size'\]; give them with --set"):
+        constructor_config(_Video, dict(args, image_patch_size=4, frames=8, spatial_depth=1, temporal_depth=1))
+    with pytest.raises(ValueError, match=r"takes no argument\(s\) \['depht'\]"):
+        constructor_config(_Image, args, {"depht": 3})
+
+
+def test_adapters_map_the_generic_options() -> None:
+    opts = adapters.Options(dim=32, depth=2, heads=4, patch_size=4, frame_patch_size=2)
+    assert (opts.mlp, opts.head_dim) == (64, 8)
+    clips = adapters.Geometry(channels=3, size=(8, 16, 16), num_classes=5)
+    video = adapters.adapter("vivit").config(_Video, clips, opts, {"temporal_depth": 1})
     assert video == dict(
         image_size=16, image_patch_size=4, frames=8, frame_patch_size=2, num_classes=5, dim=32, spatial_depth=2,
-        temporal_depth=1, heads=4, mlp_dim=64, channels=3, variant="factorized_self_attention",
+        temporal_depth=1, heads=4, mlp_dim=64, channels=3,
     )  # fmt: skip
-    with pytest.raises(ValueError, match=r"_Video needs \['frame_patch_size'\]; give them with --set"):
-        model_config(_Video, channels=3, size=(8, 16, 16), num_classes=5, options=opts)
-    with pytest.raises(ValueError, match=r"takes no argument\(s\) \['depht'\]"):
-        model_config(_Image, channels=1, size=(16, 16), num_classes=2, options=opts, overrides={"depht": 3})
+    images = adapters.Geometry(channels=1, size=(16, 12), num_classes=10)
+    assert adapters.adapter("vit").config(_Image, images, opts)["image_size"] == (16, 12)
+    for bad, match in (
+        (dict(heads=0), "--heads must be at least 1, got 0"),
+        (dict(dim=-1), "--dim must be at least 1"),
+        (dict(dropout=1.0), "--dropout must be in [0, 1)"),
+    ):
+        with pytest.raises(ValueError, match=re.escape(match)):
+            adapters.Options(**bad)
+
+
+def test_packed_feed_has_fixed_shapes_and_reads_each_sample() -> None:
+    feed = adapters.feed("navit", "flax", {"patch_size": 4})
+    x = np.random.default_rng(0).random((3, 2, 8, 12), dtype=np.float32)
+    patches, segment_ids, coords, image_ids = feed.inputs(x)
+    assert coords.shape == (3, 6, 2) and coords[0, -1].tolist() == [1, 2]  # row-major grid of 2 x 3 patches
+    assert patches.shape == (3, 6, 2 * 16) and segment_ids.shape == (3, 6) and image_ids.shape == (3, 1)
+    assert (segment_ids == 1).all() and (image_ids[:, 0] == [0, 1, 2]).all()
+    np.testing.assert_array_equal(patches[1], packing.patchify(x[1], (4, 4), channels_last=False))
+    out = np.arange(3 * 1 * 5).reshape(3, 1, 5)
+    np.testing.assert_array_equal(feed.logits(out), out[:, 0])
+    assert feed == adapters.feed("navit_nested", "flax", {"patch_size": (4, 4)})  # compiled steps are shared
+    video = adapters.feed("navit_nested_3d", "flax", {"patch_size": 4, "frame_patch_size": 2})
+    assert video.inputs(np.zeros((2, 1, 4, 8, 8), np.float32))[0].shape == (2, 8, 32)
+    (lists,) = adapters.feed("navit", "torch", {}).inputs(x)
+    assert len(lists) == 3 and all(len(group) == 1 for group in lists)  # each image alone in its sequence
+    (flat,) = adapters.feed("navit_nested", "torch", {}).inputs(x)
+    assert len(flat) == 3 and flat[2].shape == (2, 8, 12)
+    assert adapters.feed("vit", "torch", {}) is None and adapters.feed("vit", "flax", {}) is None
 
 
 def test_write_json_is_atomic(tmp_path: Path) -> None:

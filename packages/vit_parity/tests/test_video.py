@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import inspect
-
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -14,13 +12,12 @@ from flax import nnx
 import vit_torch
 from vit_flax import cct_3d as flax_cct
 from vit_flax.checkpoint import load_state
-from vit_parity import spec
-from vit_parity.checkpoint import Checkpoint
-from vit_parity.inflate import _SIGNATURES, METHODS, inflate, resize_grid
+from vit_parity.core import spec
+from vit_parity.core.checkpoint import Checkpoint
+from vit_parity.tools.inflate import METHODS, inflate, resize_grid
 from vit_torch import cct_3d as torch_cct
 from vit_torch.checkpoint import load_state as torch_load_state
 from vit_torch.checkpoint import to_checkpoint
-from vit_torch.layers import Intermediates
 
 CUBIC = dict(img_size=8, num_frames=4, embedding_dim=16, frame_kernel_size=3, kernel_size=3, stride=1, padding=1,
              num_layers=1, num_heads=2, num_classes=3, n_input_channels=2)  # fmt: skip
@@ -155,13 +152,13 @@ def test_vivit_factorized_encoder_spatial_stage_is_the_2d_transformer() -> None:
     inflated = inflate(ckpt, "vivit", frames=4, frame_patch_size=2, temporal_depth=1, seed=3)
     torch_3d, _ = both_backends(inflated)
     frame = np.random.default_rng(5).standard_normal((2, 3, 16, 24), dtype=np.float32)
-    want, got = Intermediates(), Intermediates()
     with torch.no_grad():
-        model_2d(torch.from_numpy(frame), want)
-        torch_3d(torch.from_numpy(identical_frames(frame, 4)), got)
-    assert len(got.blocks) == 3  # 2 spatial blocks (on b * frame groups), 1 temporal
-    for w, g in zip(want.blocks, got.blocks[:2]):
-        torch.testing.assert_close(g, w.repeat_interleave(2, dim=0), rtol=1e-5, atol=1e-5)
+        _, want = model_2d(torch.from_numpy(frame), return_features=True)
+        _, got = torch_3d(torch.from_numpy(identical_frames(frame, 4)), return_features=True)
+    assert list(got) == ["spatial/block00", "spatial/block01", "temporal/block00", "pre_logits"]
+    for i in range(2):  # the spatial blocks run on b * frame groups
+        got_i, want_i = got[f"spatial/block{i:02d}"], want[f"block{i:02d}"]
+        torch.testing.assert_close(got_i, want_i.repeat_interleave(2, dim=0), rtol=1e-5, atol=1e-5)
     again = inflate(ckpt, "vivit", frames=4, frame_patch_size=2, temporal_depth=1, seed=3)
     for k, v in inflated.tensors.items():  # seeded: the same fresh temporal layers
         np.testing.assert_array_equal(again.tensors[k], v)
@@ -214,7 +211,7 @@ def test_bad_arguments_fail_clearly() -> None:
         inflate(ckpt, "vit_3d", frames=4, frame_patch_size=2, image_patch_size=4)
     with pytest.raises(ValueError, match="depth=3 differs from the source checkpoint's depth 2"):
         inflate(ckpt, "vit_3d", frames=4, frame_patch_size=2, depth=3)
-    with pytest.raises(ValueError, match="needs temporal_depth == spatial_depth, got 1 and 2"):
+    with pytest.raises(ValueError, match="spatial_depth and temporal_depth must be equal, got 2 and 1"):
         inflate(ckpt, "vivit", frames=4, frame_patch_size=2, variant="factorized_self_attention", temporal_depth=1)
     with pytest.raises(ValueError, match=r"unknown vit_3d argument\(s\) \['patch_size'\]"):
         inflate(ckpt, "vit_3d", frames=4, frame_patch_size=2, patch_size=8)
@@ -223,11 +220,3 @@ def test_bad_arguments_fail_clearly() -> None:
     cct = to_checkpoint(torch_cct.CCT(**CUBIC))
     with pytest.raises(ValueError, match=r"can only inflate \['simple_vit', 'vit'\] checkpoints, got a 'cct_3d'"):
         inflate(cct, "vit_3d", frames=4, frame_patch_size=2)
-
-
-@pytest.mark.parametrize("arch", sorted(_SIGNATURES))
-def test_the_argument_table_matches_both_backends(arch: str) -> None:
-    for backend in ("torch", "flax"):
-        params = inspect.signature(spec.get(arch).load_class(backend).__init__).parameters
-        table = {k: (None if p.default is inspect.Parameter.empty else p.default) for k, p in params.items()}
-        assert {k: v for k, v in table.items() if k not in ("self", "dtype", "rngs")} == _SIGNATURES[arch]

@@ -7,7 +7,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from vit_torch.layers import Intermediates
 from vit_torch.na_vit import NaViT
 from vit_torch.na_vit_nested_tensor import NaViT as NestedNaViT
 from vit_torch.na_vit_nested_tensor_3d import NaViT as NestedNaViT3d
@@ -39,10 +38,11 @@ def _ln(x: Tensor, norm: torch.nn.LayerNorm) -> Tensor:
 
 
 def _attend(attn: torch.nn.Module, queries: Tensor, context: Tensor, heads: int) -> Tensor:
-    """Multi-head attention of ``queries`` (normalized here) over ``context``, head by head, with qk RMSNorm."""
+    """Multi-head attention of ``queries`` (normalized by the caller) over ``context``, head by head, with qk
+    RMSNorm."""
     w = attn.to_qkv.weight
     inner = w.shape[0] // 3
-    q, k, v = _ln(queries, attn.norm) @ w[:inner].T, context @ w[inner : 2 * inner].T, context @ w[2 * inner :].T
+    q, k, v = queries @ w[:inner].T, context @ w[inner : 2 * inner].T, context @ w[2 * inner :].T
     outs = []
     for h in range(heads):
         part = slice(h * inner // heads, (h + 1) * inner // heads)
@@ -64,12 +64,12 @@ def _reference(model: NaViT, image: Tensor) -> Tensor:
     x = x + model.pos_embed_height[rows.reshape(-1)] + model.pos_embed_width[cols.reshape(-1)]
     heads = model.transformer.blocks[0].attn.heads
     for block in model.transformer.blocks:
-        x = x + _attend(block.attn, x, _ln(x, block.attn.norm), heads)
+        x = x + _attend(block.attn, _ln(x, block.norm1), _ln(x, block.norm1), heads)
         ff = block.ff
-        x = x + F.gelu(_ln(x, ff.norm) @ ff.fc1.weight.T + ff.fc1.bias) @ ff.fc2.weight.T + ff.fc2.bias
+        x = x + F.gelu(_ln(x, block.norm2) @ ff.fc1.weight.T + ff.fc1.bias) @ ff.fc2.weight.T + ff.fc2.bias
     x = _ln(x, model.transformer.norm)
     query = model.attn_pool_queries[None]
-    pooled = _attend(model.attn_pool, query, x, heads) + query
+    pooled = _attend(model.attn_pool, _ln(query, model.attn_pool_norm), x, heads) + query
     return (_ln(pooled, model.head_norm) @ model.mlp_head.weight.T)[0]
 
 
@@ -96,11 +96,11 @@ def test_grouping_changes_nothing_and_keeps_the_input_order() -> None:
 @torch.no_grad()
 def test_attention_never_crosses_images() -> None:
     model = _model()
-    record = Intermediates(with_attn=True)
-    model([_images([(16, 16), (8, 16)])], intermediates=record)  # 4 + 2 tokens in one sequence
+    _, features = model([_images([(16, 16), (8, 16)])], return_attn=True)  # 4 + 2 tokens in one sequence
     image_of = torch.tensor([0, 0, 0, 0, 1, 1])
     across = image_of[:, None] != image_of[None, :]
-    for attn in record.attn:
+    assert list(features) == [f"block{i:02d}/attn" for i in range(len(model.transformer.blocks))]
+    for attn in features.values():
         assert attn.shape == (1, 2, 6, 6)
         assert torch.all(attn[0][:, across] == 0)
         torch.testing.assert_close(attn.sum(-1), torch.ones(1, 2, 6))
@@ -198,7 +198,7 @@ def test_bad_input_names_the_image_and_the_limit(nested: bool) -> None:
         model([good], keep=[torch.ones(4, dtype=torch.bool)]) if nested else model([[good]], keep=[[torch.ones(4)]])
     if nested:
         with pytest.raises(ValueError, match="attention maps are not recorded on nested tensors"):
-            model([good], intermediates=Intermediates(with_attn=True))
+            model([good], return_attn=True)
     else:
         with pytest.raises(ValueError, match=r"images\[1\] has 12 tokens, more than group_max_seq_len=10"):
             model([good, torch.randn(3, 32, 24)], group_images=True, group_max_seq_len=10)
@@ -206,3 +206,20 @@ def test_bad_input_names_the_image_and_the_limit(nested: bool) -> None:
             model([[good], []])
         with pytest.raises(TypeError, match="pass group_images=True to give a flat list"):
             model([good, good])
+
+
+def test_the_nested_model_prints_no_torch_internal_warnings() -> None:
+    """torch's jagged kernels warn about its nested-tensor API and log an fx note on first use: the model
+    silences those two, in a fresh process where they would show."""
+    import subprocess
+    import sys
+
+    code = (
+        "import torch\n"
+        "from vit_torch.na_vit_nested_tensor import NaViT\n"
+        "m = NaViT(image_size=16, patch_size=8, num_classes=3, dim=16, depth=1, heads=2, mlp_dim=32, dim_head=8)\n"
+        "m([torch.randn(3, 16, 16), torch.randn(3, 8, 16)]).sum().backward()\n"
+    )
+    done = subprocess.run([sys.executable, "-W", "error::UserWarning", "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert done.stderr == ""

@@ -12,8 +12,8 @@ import torch
 import torch.nn.functional as F
 
 import vit_torch
-from vit_parity import checkpoint as ckpt_io
-from vit_parity.training import warmup_cosine
+from vit_parity.core import checkpoint as ckpt_io
+from vit_parity.core.loop import warmup_cosine
 from vit_torch import train
 
 
@@ -57,12 +57,26 @@ def test_fit_learns_and_is_reproducible() -> None:
     assert not models[0].training
 
 
-def test_resumed_step_is_adamw_with_decay_on_matrices_only() -> None:
+def test_weight_decay_is_for_linear_and_conv_weights_only() -> None:
+    model = train.build("vit", CONFIG, seed=0)
+    kinds = vit_torch.checkpoint.module_kinds(model)
+    decayed = train.decayed_parameters(model)
+    want = sorted(f"{path}.weight" for path, kind in kinds.items() if kind in ("linear", "conv"))
+    assert sorted(decayed) == want and len(want) == 6  # patch projection, qkv, out, fc1, fc2, head (one block)
+    assert not any(k.startswith(("pos_embedding", "cls_token")) or "norm" in k for k in decayed)
+    groups = train.optimizer(model, lr=1e-3, weight_decay=0.1).param_groups
+    by_id = {id(p): n for n, p in model.named_parameters()}
+    assert sorted(by_id[id(p)] for p in groups[0]["params"]) == want and groups[0]["weight_decay"] == 0.1
+    assert groups[1]["weight_decay"] == 0.0 and len(groups[1]["params"]) == len(by_id) - len(want)
+
+
+def test_resumed_step_is_adamw_with_decay_on_linear_and_conv_weights_only() -> None:
     x, y = stripes(16)
     model = train.build("vit", CONFIG, seed=0)
     before = copy.deepcopy(model)
     loss = F.cross_entropy(before(torch.from_numpy(x)), torch.from_numpy(y))
     grads = torch.autograd.grad(loss, list(before.parameters()))
+    decayed = set(train.decayed_parameters(before))
     lr, wd = 1e-2, 0.1
     seen = []
     # resume a two-epoch run of one full batch per epoch at epoch 1: a single step at half the peak rate
@@ -72,7 +86,7 @@ def test_resumed_step_is_adamw_with_decay_on_matrices_only() -> None:
     step_lr = warmup_cosine(1, total_steps=2, warmup_steps=0, peak_lr=lr)
     assert step_lr == pytest.approx(lr / 2)
     for (name, p0), g, p1 in zip(before.named_parameters(), grads, model.parameters()):
-        decay = wd if p0.ndim >= 2 else 0.0
+        decay = wd if name in decayed else 0.0
         # Adam's first step with bias correction moves by g / (|g| + eps); AdamW decays first
         want = p0.detach() * (1 - step_lr * decay) - step_lr * g / (g.abs() + 1e-8)
         torch.testing.assert_close(p1.detach(), want, rtol=1e-5, atol=1e-6, msg=name)

@@ -9,8 +9,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from vit_parity.core.facts import cct as cct_facts
+from vit_parity.core.facts import vivit as vivit_facts
 from vit_torch import cct_3d, vivit
-from vit_torch.layers import DropPath, Intermediates, patchify
+from vit_torch.layers import DropPath, patchify
 from vit_torch.simple_vit_3d import SimpleViT
 from vit_torch.vit_3d import ViT
 
@@ -116,31 +118,36 @@ def reference_vivit(model: vivit.ViT, video: torch.Tensor) -> torch.Tensor:
         y = model.temporal_transformer(y)
         return model.mlp_head(y[:, 0] if cls else y.mean(1))
     for block in model.factorized_transformer.blocks:
-        x = torch.stack([x[:, i] + block.spatial_attn(x[:, i]) for i in range(f)], dim=1)
+        x = torch.stack([x[:, i] + block.attn(block.norm1(x[:, i])) for i in range(f)], dim=1)
         cols = []
         for j in range(x.shape[2]):
-            c = x[:, :, j] + block.temporal_attn(x[:, :, j])
-            cols.append(c + block.ff(c))
+            c = x[:, :, j] + block.temporal_attn(block.temporal_norm(x[:, :, j]))
+            cols.append(c + block.ff(block.norm2(c)))
         x = torch.stack(cols, dim=2)
     x = model.factorized_transformer.norm(x)
     return model.mlp_head(x[:, 0, 0] if cls else x.mean((1, 2)))
 
 
-@pytest.mark.parametrize("variant", vivit.VARIANTS)
+@pytest.mark.parametrize("variant", vivit_facts.VARIANTS)
 @pytest.mark.parametrize("pool", ["cls", "mean"])
 def test_vivit_matches_an_explicit_loop_over_frames_and_positions(variant: str, pool: str) -> None:
     torch.manual_seed(0)
     geom = dict(image_size=(16, 8), frames=6, image_patch_size=(8, 4), frame_patch_size=2)
     model = vivit.ViT(**geom, spatial_depth=2, temporal_depth=2, pool=pool, variant=variant, **TINY).eval()
-    record = Intermediates()
+    recorded = []
     for shape in [(2, 3, 6, 16, 8), (2, 3, 4, 8, 8)]:  # the full clip, then a shorter and smaller one
         clip = torch.randn(shape)
         with torch.no_grad():
-            torch.testing.assert_close(model(clip, record), reference_vivit(model, clip), rtol=1e-5, atol=1e-5)
-    # per call: 2 spatial + 2 temporal blocks, or 2 factorized blocks
-    assert len(record.blocks) == (8 if variant == "factorized_encoder" else 4)
-    if variant == "factorized_self_attention":
-        assert record.blocks[0].shape == (2, 3, 4 + (pool == "cls"), 24)  # (b, f, n, d)
+            logits, features = model(clip, return_features=True)
+            torch.testing.assert_close(logits, reference_vivit(model, clip), rtol=1e-5, atol=1e-5)
+        recorded.append(features)
+    features = recorded[0]
+    if variant == "factorized_encoder":  # 2 spatial + 2 temporal blocks
+        blocks = ["spatial/block00", "spatial/block01", "temporal/block00", "temporal/block01"]
+    else:  # 2 factorized blocks
+        blocks = ["block00", "block01"]
+        assert features["block00"].shape == (2, 3, 4 + (pool == "cls"), 24)  # (b, f, n, d)
+    assert list(features) == [*blocks, "pre_logits"]
 
 
 def test_vivit_factorized_self_attention_needs_equal_depths() -> None:
@@ -166,27 +173,27 @@ def reference_cct(model: cct_3d.CCT, video: torch.Tensor) -> torch.Tensor:
     x = x.permute(0, 2, 3, 4, 1).reshape(b, t * h * w, d)
     if model.positional_emb is not None:
         x = x + model.positional_emb[0].reshape(*model.grid, d)[:t, :h, :w].reshape(t * h * w, d)
-    for block in model.blocks:
-        x = block.norm(x + block.attn(x))
+    for block in model.transformer.blocks:
+        x = block.norm2(x + block.attn(block.norm1(x)))
         x = x + block.ff.fc2(F.gelu(block.ff.fc1(x)))
-    x = model.norm(x)
+    x = model.transformer.norm(x)
     weights = torch.softmax(x @ model.attention_pool.weight[0] + model.attention_pool.bias, dim=1)
     return model.fc(torch.einsum("bn,bnd->bd", weights, x))
 
 
-@pytest.mark.parametrize("positional_embedding", cct_3d.POSITIONAL_EMBEDDINGS)
+@pytest.mark.parametrize("positional_embedding", cct_facts.POSITIONAL_EMBEDDINGS)
 def test_cct_matches_an_explicit_computation_on_short_clips(positional_embedding: str) -> None:
     torch.manual_seed(0)
     cfg = dict(CCT, num_layers=2, n_conv_layers=2, stride=1, positional_embedding=positional_embedding)
     model = cct_3d.CCT(**cfg).eval()
     assert model.grid == (4, 4, 4)
-    assert model.blocks[1].ff.norm.__class__ is torch.nn.Identity  # the stream is normalized by the layer instead
-    record = Intermediates()
+    assert all(block.post_norm for block in model.transformer.blocks)  # the stream is normalized after attention
     for shape in [(2, 3, 4, 16, 16), (2, 3, 2, 8, 16)]:  # the full clip, then grid (2, 2, 4) of (4, 4, 4)
         clip = torch.randn(shape)
         with torch.no_grad():
-            torch.testing.assert_close(model(clip, record), reference_cct(model, clip), rtol=1e-5, atol=1e-5)
-    assert len(record.blocks) == 4 and record.blocks[-1].shape == (2, 16, 24)
+            logits, features = model(clip, return_features=True)
+            torch.testing.assert_close(logits, reference_cct(model, clip), rtol=1e-5, atol=1e-5)
+    assert list(features) == ["block00", "block01", "pre_logits"] and features["block01"].shape == (2, 16, 24)
 
 
 def test_cct_sine_table_is_the_interleaved_1d_sinusoid() -> None:
@@ -209,10 +216,12 @@ def test_cct_tokenizer_grid_and_defaults_follow_the_reference() -> None:
     with torch.no_grad():
         tokens, grid = model.tokenizer(torch.zeros(1, 3, 5, 20, 12))
     assert grid == model.grid == model.tokenizer.grid((5, 20, 12)) and tokens.shape == (1, math.prod(grid), 16)
-    rates = [b.drop_path.drop_prob for b in model.blocks]
+    rates = [b.drop_path.drop_prob for b in model.transformer.blocks]
     assert rates == pytest.approx([0.0, 0.05, 0.1])
-    assert [b.attn.dropout for b in model.blocks] == [0.1] * 3  # attention dropout 0.1, projection dropout 0
-    assert model.blocks[0].attn.out_drop.p == 0.0
+    assert [b.attn.dropout for b in model.transformer.blocks] == [
+        0.1
+    ] * 3  # attention dropout 0.1, projection dropout 0
+    assert model.transformer.blocks[0].attn.out_drop.p == 0.0
 
 
 @pytest.mark.parametrize(
@@ -226,7 +235,7 @@ def test_cct_presets(preset: str, layers: int, heads: int, ratio: int, dim: int)
     cfg = model.config
     assert (cfg["num_layers"], cfg["num_heads"], cfg["mlp_ratio"], cfg["embedding_dim"]) == (layers, heads, ratio, dim)
     assert (cfg["kernel_size"], cfg["stride"], cfg["padding"]) == (3, 1, 1)  # kernel 3: stride max(1, 0), pad 1
-    assert len(model.blocks) == layers and model.blocks[0].ff.fc1.out_features == dim * ratio
+    assert len(model.transformer.blocks) == layers and model.transformer.blocks[0].ff.fc1.out_features == dim * ratio
     with torch.device("meta"):
         cfg = getattr(cct_3d, preset)(kernel_size=7, num_frames=4, img_size=32).config
     assert (cfg["stride"], cfg["padding"]) == (2, 3)
@@ -319,7 +328,7 @@ def test_training_lowers_the_loss_and_eval_is_deterministic(name: str) -> None:
 
 def test_inflated_image_vit_gives_the_image_logits_on_a_still_clip() -> None:
     """2D ViT -> ViViT (factorized self-attention) through the framework-free inflation, loaded in torch."""
-    from vit_parity.inflate import inflate
+    from vit_parity.tools.inflate import inflate
     from vit_torch import ViT as ImageViT
     from vit_torch.checkpoint import load_state, to_checkpoint
 

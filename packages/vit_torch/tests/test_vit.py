@@ -7,9 +7,9 @@ import math
 import pytest
 import torch
 
-from vit_parity.posemb import sincos_table
+from vit_parity.core.posemb import sincos_table
 from vit_torch import SimpleViT, ViT
-from vit_torch.layers import Attention, Intermediates, crop_grid, patchify
+from vit_torch.layers import Attention, crop_grid, patchify
 
 SMALL = dict(num_classes=5, dim=32, depth=2, heads=2, mlp_dim=64, dim_head=16)
 
@@ -31,16 +31,13 @@ def test_fused_attention_matches_explicit_softmax() -> None:
     mask = torch.rand(3, 1, 7, 7) > 0.3
     mask[..., 0] = True  # no fully masked rows
     fused = attn(x, mask)
-    record = Intermediates(with_attn=True)
-    explicit = attn(x, mask, record)
+    explicit, weights = attn(x, mask, return_attn=True)
     torch.testing.assert_close(fused, explicit, rtol=1e-5, atol=1e-5)
-    weights = record.attn[0]
     assert weights.shape == (3, 2, 7, 7)
     torch.testing.assert_close(weights.sum(-1), torch.ones(3, 2, 7))
     assert (weights[~mask.expand(3, 2, 7, 7)] == 0).all()
     # independent computation from the layer's weights
-    h = attn.norm(x)
-    q, k, v = attn.to_qkv(h).chunk(3, dim=-1)
+    q, k, v = attn.to_qkv(x).chunk(3, dim=-1)
     q, k, v = (t.reshape(3, 7, 2, 8).transpose(1, 2) for t in (q, k, v))
     logits = (q @ k.transpose(-1, -2)) / math.sqrt(8)
     want = logits.masked_fill(~mask, float("-inf")).softmax(-1)
@@ -101,10 +98,9 @@ def test_mean_pool_differs_from_cls_pool() -> None:
     b = ViT(image_size=32, patch_size=8, pool="mean", **SMALL).eval()
     b.load_state_dict(a.state_dict())
     img = torch.randn(2, 3, 32, 32)
-    record = Intermediates()
     with torch.no_grad():
-        logits_a, logits_b = a(img, record), b(img)
-        tokens = a.transformer.norm(record.blocks[-1])
+        (logits_a, features), logits_b = a(img, return_features=True), b(img)
+        tokens = a.transformer.norm(features["block01"])
         torch.testing.assert_close(logits_a, a.mlp_head(tokens[:, 0]))
         torch.testing.assert_close(logits_b, a.mlp_head(tokens.mean(1)))
 

@@ -1,4 +1,4 @@
-"""Building blocks shared by every architecture: attention, feed-forward, transformer, patches, positions.
+"""Building blocks shared by every architecture: attention, feed-forward, blocks, transformer, patches, positions.
 
 Mirrors ``vit_torch.layers``: same classes, arguments and attribute paths; channels-last inputs.
 """
@@ -6,20 +6,38 @@ Mirrors ``vit_torch.layers``: same classes, arguments and attribute paths; chann
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
 from functools import partial
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
 from vit_flax.attention import attend
-from vit_parity.posemb import sincos_table
+from vit_parity.core.features import Features, block_label
+from vit_parity.core.posemb import sincos_table
+from vit_parity.core.validate import check_choice
 
 Array = jax.Array
 # torch's default GELU is the exact one. Under jax.checkpoint the backward pass recomputes erf from the input
 # instead of keeping its temporaries (same values); why not more is rematerialized: DESIGN.md, speed and memory.
 gelu = jax.checkpoint(partial(jax.nn.gelu, approximate=False))
+ACTIVATIONS: dict[str, Callable[[Array], Array]] = {
+    "gelu": gelu,
+    "gelu_tanh": partial(jax.nn.gelu, approximate=True),
+    "relu": jax.nn.relu,
+    "silu": jax.nn.silu,
+}
+NORMS = ("layernorm", "rmsnorm")
+
+
+def make_norm(kind: str, dim: int, eps: float, rngs: nnx.Rngs, dtype: jnp.dtype | None = None) -> nnx.Module:
+    """A LayerNorm or RMSNorm over the last axis, by name, matching torch's."""
+    check_choice(kind, NORMS, "norm")
+    if kind == "layernorm":
+        return layer_norm(dim, eps, rngs, dtype)
+    return nnx.RMSNorm(dim, epsilon=eps, use_fast_variance=False, dtype=dtype, rngs=rngs)
 
 
 def layer_norm(dim: int, eps: float, rngs: nnx.Rngs, dtype: jnp.dtype | None = None) -> LayerNorm:
@@ -73,15 +91,6 @@ def _layer_norm_backward(eps: float, res: tuple, dy: Array) -> tuple[Array, Arra
 _layer_norm.defvjp(_layer_norm_forward, _layer_norm_backward)
 
 
-@dataclass
-class Intermediates:
-    """Collects each transformer block's output (and attention maps when ``with_attn``) in a forward pass."""
-
-    with_attn: bool = False
-    blocks: list[Array] = field(default_factory=list)
-    attn: list[Array] = field(default_factory=list)
-
-
 def attention_weights(q: Array, k: Array, mask: Array | None = None) -> Array:
     """Softmax attention weights ``(b, h, n_q, n_k)`` from ``(b, h, n, d)`` queries and keys."""
     logits = jnp.einsum("bhqd,bhkd->bhqk", q, k) * q.shape[-1] ** -0.5
@@ -91,13 +100,14 @@ def attention_weights(q: Array, k: Array, mask: Array | None = None) -> Array:
 
 
 class Attention(nnx.Module):
-    """Pre-norm multi-head self-attention through :func:`vit_flax.attention.attend` (flash-style backward).
+    """Multi-head attention through :func:`vit_flax.attention.attend` (flash-style backward pass).
 
-    ``__call__(x, mask)`` takes ``x`` of shape ``(b, n, dim)`` and an optional boolean ``mask``
-    broadcastable to ``(b, heads, n, n)``, True where a query may attend to a key.
-    ``qk_norm`` adds an RMSNorm over each head's queries and keys ("Scaling Vision Transformers to
-    22B Parameters"). ``__call__(x, mask, context=c)`` is cross-attention: queries from ``x``, keys
-    and values from ``c`` (not normalized here), through the same ``to_qkv`` weights.
+    ``__call__(x, mask)`` takes ``x`` of shape ``(b, n, dim)`` (normalized by the caller: the block owns
+    its norms) and an optional boolean ``mask`` broadcastable to ``(b, heads, n, n)``, True where a query
+    may attend to a key. ``context=c`` makes it cross-attention: queries from ``x``, keys and values from
+    ``c``, through the same ``to_qkv`` weights. ``return_attn=True`` also returns the attention weights
+    (explicit softmax). ``qk_norm`` adds an RMSNorm over each head's queries and keys ("Scaling Vision
+    Transformers to 22B Parameters").
     """
 
     def __init__(
@@ -117,7 +127,6 @@ class Attention(nnx.Module):
     ) -> None:
         inner = heads * dim_head
         self.heads = heads
-        self.norm = layer_norm(dim, eps, rngs, dtype)
         self.to_qkv = nnx.Linear(dim, inner * 3, use_bias=qkv_bias, dtype=dtype, rngs=rngs)
         project_out = not (heads == 1 and dim_head == dim)
         self.to_out = nnx.Linear(inner, dim, use_bias=out_bias, dtype=dtype, rngs=rngs) if project_out else None
@@ -127,14 +136,8 @@ class Attention(nnx.Module):
         self.k_norm = nnx.RMSNorm(dim_head, epsilon=eps, dtype=dtype, rngs=rngs) if qk_norm else None
 
     def __call__(
-        self,
-        x: Array,
-        mask: Array | None = None,
-        intermediates: Intermediates | None = None,
-        *,
-        context: Array | None = None,
-    ) -> Array:
-        x = self.norm(x)
+        self, x: Array, mask: Array | None = None, *, context: Array | None = None, return_attn: bool = False
+    ) -> Array | tuple[Array, Array]:
         b, n, _ = x.shape
         if context is None:  # (b, n, 3 * h * d) to three (b, h, n, d), in one transpose
             q, k, v = self.to_qkv(x).reshape(b, n, 3, self.heads, -1).transpose(2, 0, 3, 1, 4)
@@ -143,16 +146,15 @@ class Attention(nnx.Module):
             q, k, v = (t.reshape(b, t.shape[1], self.heads, -1).transpose(0, 2, 1, 3) for t in (q, k, v))
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
-        record = intermediates is not None and intermediates.with_attn
-        if record or not (self.attn_drop.deterministic or self.attn_drop.rate == 0.0):
+        attn = None
+        if return_attn or not (self.attn_drop.deterministic or self.attn_drop.rate == 0.0):
             attn = attention_weights(q, k, mask)
-            if record:
-                intermediates.attn.append(attn)
             out = self.attn_drop(attn) @ v
         else:
             out = attend(q, k, v, mask)
         out = out.transpose(0, 2, 1, 3).reshape(b, n, -1)
-        return self.out_drop(self.to_out(out) if self.to_out is not None else out)
+        out = self.out_drop(self.to_out(out) if self.to_out is not None else out)
+        return (out, attn) if return_attn else out
 
 
 def _linear_part(linear: nnx.Linear, x: Array, part: int, parts: int) -> Array:
@@ -165,7 +167,7 @@ def _linear_part(linear: nnx.Linear, x: Array, part: int, parts: int) -> Array:
 
 
 class FeedForward(nnx.Module):
-    """Pre-norm MLP: LayerNorm, Linear, GELU (exact), Dropout, Linear, Dropout (``norm=False``: no LayerNorm)."""
+    """The transformer MLP: Linear, activation (exact GELU by default), Dropout, Linear, Dropout."""
 
     def __init__(
         self,
@@ -173,36 +175,151 @@ class FeedForward(nnx.Module):
         hidden_dim: int,
         dropout: float = 0.0,
         *,
-        eps: float = 1e-5,
-        norm: bool = True,
+        act: str = "gelu",
         dtype: jnp.dtype | None = None,
         rngs: nnx.Rngs,
     ) -> None:
-        self.norm = layer_norm(dim, eps, rngs, dtype) if norm else None
+        check_choice(act, tuple(ACTIVATIONS), "act")
+        self.act = act
         self.fc1 = nnx.Linear(dim, hidden_dim, dtype=dtype, rngs=rngs)
         self.fc2 = nnx.Linear(hidden_dim, dim, dtype=dtype, rngs=rngs)
         self.drop = nnx.Dropout(dropout, rngs=rngs)
-        self.act = gelu
 
     def __call__(self, x: Array) -> Array:
-        x = x if self.norm is None else self.norm(x)
-        return self.drop(self.fc2(self.drop(self.act(self.fc1(x)))))
+        return self.drop(self.fc2(self.drop(ACTIVATIONS[self.act](self.fc1(x)))))
+
+
+class LayerScale(nnx.Module):
+    """Per-channel scale of a residual branch, ``gamma`` starting at ``init_values`` (CaiT, Touvron et al., 2021)."""
+
+    def __init__(self, dim: int, init_values: float = 1e-5, *, rngs: nnx.Rngs | None = None) -> None:
+        self.init_values = init_values
+        self.gamma = nnx.Param(jnp.full((dim,), init_values, jnp.float32))
+
+    @property
+    def init_rules(self) -> dict[str, tuple]:
+        """For the shared initializer (``vit_parity.core.init``): ``gamma`` starts at ``init_values``."""
+        return {"gamma": ("constant", self.init_values)}
+
+    def __call__(self, x: Array) -> Array:
+        return x * self.gamma[...].astype(x.dtype)
+
+
+class DropPath(nnx.Module):
+    """Stochastic depth ("Deep Networks with Stochastic Depth", Huang et al., 2016): in training, zero each
+    sample's residual branch with probability ``drop_prob`` and scale the kept ones by ``1 / (1 - drop_prob)``.
+
+    Follows ``model.train()`` / ``model.eval()`` like ``nnx.Dropout`` and draws from the 'dropout' stream.
+    """
+
+    def __init__(self, drop_prob: float = 0.0, *, rngs: nnx.Rngs) -> None:
+        self.drop_prob = float(drop_prob)
+        self.deterministic = False
+        self.rngs = rngs["dropout"].fork()
+
+    def __call__(self, x: Array) -> Array:
+        if self.drop_prob == 0.0 or self.deterministic:
+            return x
+        keep = 1.0 - self.drop_prob
+        mask = jax.random.bernoulli(self.rngs(), keep, (x.shape[0],) + (1,) * (x.ndim - 1))
+        return jnp.where(mask, x / keep, jnp.zeros_like(x))
 
 
 class Block(nnx.Module):
-    """One residual transformer block: ``x + attn(x)``, then ``x + ff(x)``."""
+    """A residual transformer block (as timm's ``Block``): it owns its norms and composes an attention and a
+    feed-forward module.
 
-    def __init__(self, attn: Attention, ff: FeedForward) -> None:
-        self.attn = attn
-        self.ff = ff
+    Pre-norm (default): ``x + drop_path(ls1(attn(norm1(x))))``, then ``x + drop_path(ls2(ff(norm2(x))))``.
+    ``post_norm=True`` is CCT's layer: ``norm2`` normalizes the stream after the attention residual and the
+    feed-forward reads and adds to the normalized stream. ``attn`` and ``ff`` replace the default
+    :class:`Attention` and :class:`FeedForward` by any module with the same call: ``attn(x, mask,
+    return_attn=...)`` and ``ff(x)`` (talking heads, re-attention, cross-covariance, windowed attention ...).
+    ``layer_scale`` (a number) scales each branch by a learned per-channel ``gamma`` starting there.
+    """
 
-    def __call__(self, x: Array, mask: Array | None = None, intermediates: Intermediates | None = None) -> Array:
-        x = x + self.attn(x, mask, intermediates)
-        return x + self.ff(x)
+    def __init__(
+        self,
+        dim: int,
+        heads: int = 8,
+        dim_head: int = 64,
+        mlp_dim: int | None = None,
+        dropout: float = 0.0,
+        *,
+        qkv_bias: bool = False,
+        attn_dropout: float | None = None,
+        out_bias: bool = True,
+        qk_norm: bool = False,
+        drop_path: float = 0.0,
+        layer_scale: float | None = None,
+        eps: float = 1e-5,
+        norm: str = "layernorm",
+        act: str = "gelu",
+        post_norm: bool = False,
+        attn: nnx.Module | None = None,
+        ff: nnx.Module | None = None,
+        dtype: jnp.dtype | None = None,
+        rngs: nnx.Rngs,
+    ) -> None:
+        if ff is None and mlp_dim is None:
+            raise ValueError("Block needs mlp_dim (the feed-forward width) unless a feed-forward module ff is given")
+        self.post_norm = post_norm
+        self.norm1 = make_norm(norm, dim, eps, rngs, dtype)
+        self.attn = attn or Attention(
+            dim, heads, dim_head, dropout, qkv_bias=qkv_bias, attn_dropout=attn_dropout, out_bias=out_bias,
+            eps=eps, qk_norm=qk_norm, dtype=dtype, rngs=rngs,
+        )  # fmt: skip
+        self.ls1 = LayerScale(dim, layer_scale) if layer_scale is not None else None
+        self.norm2 = make_norm(norm, dim, eps, rngs, dtype)
+        self.ff = ff or FeedForward(dim, mlp_dim, dropout, act=act, dtype=dtype, rngs=rngs)
+        self.ls2 = LayerScale(dim, layer_scale) if layer_scale is not None else None
+        self.drop_path = DropPath(drop_path, rngs=rngs)
+
+    def __call__(self, x: Array, mask: Array | None = None, *, return_attn: bool = False) -> Array | tuple[Array, Any]:
+        y = self.attn(self.norm1(x), mask, return_attn=return_attn)
+        y, attn = y if return_attn else (y, None)
+        x = x + self.drop_path(_scale(self.ls1, y))
+        if self.post_norm:
+            x = self.norm2(x)
+            x = x + self.drop_path(_scale(self.ls2, self.ff(x)))
+        else:
+            x = x + self.drop_path(_scale(self.ls2, self.ff(self.norm2(x))))
+        return (x, attn) if return_attn else x
+
+
+def _scale(layer_scale: LayerScale | None, x: Array) -> Array:
+    return x if layer_scale is None else layer_scale(x)
+
+
+def run_block(block: nnx.Module, x: Array, mask: Array | None, features: Features | None, label: str) -> Array:
+    """``block(x, mask)``, recording its output (and attention weights when asked) under ``label``."""
+    if features is None:
+        return block(x, mask)
+    if features.attn:
+        x, attn = block(x, mask, return_attn=True)
+        features.add_attn(label, attn)
+    else:
+        x = block(x, mask)
+    features.add(label, x)
+    return x
+
+
+def drop_path_rates(rate: float | Sequence[float], depth: int) -> list[float]:
+    """One stochastic-depth rate per block: a sequence as given, a number for every block."""
+    if isinstance(rate, (int, float)):
+        return [float(rate)] * depth
+    if len(rate) != depth:
+        raise ValueError(f"drop_path must be a number or one rate per block ({depth}), got {len(rate)} rates")
+    return [float(r) for r in rate]
 
 
 class Transformer(nnx.Module):
-    """A stack of pre-norm blocks followed by a final LayerNorm."""
+    """A stack of blocks followed by a final norm (``final_norm=False``: none).
+
+    ``block`` is the block class (:class:`Block` or a subclass with its constructor, e.g. ViViT's factorized
+    block); ``drop_path`` is one rate for every block or one per block; other keyword arguments go to every
+    block.
+    ``__call__(x, mask, features=f, prefix="spatial/")`` records ``spatial/block00`` ... in ``f``.
+    """
 
     def __init__(
         self,
@@ -213,39 +330,31 @@ class Transformer(nnx.Module):
         mlp_dim: int,
         dropout: float = 0.0,
         *,
-        out_bias: bool = True,
+        drop_path: float | Sequence[float] = 0.0,
         eps: float = 1e-5,
-        qk_norm: bool = False,
+        norm: str = "layernorm",
+        final_norm: bool = True,
+        block: type[Block] | None = None,
         dtype: jnp.dtype | None = None,
         rngs: nnx.Rngs,
+        **block_options: Any,
     ) -> None:
+        block = block or Block
+        options = dict(eps=eps, norm=norm, dtype=dtype, rngs=rngs, **block_options)
         self.blocks = nnx.List(
             [
-                Block(
-                    Attention(
-                        dim,
-                        heads,
-                        dim_head,
-                        dropout,
-                        out_bias=out_bias,
-                        eps=eps,
-                        qk_norm=qk_norm,
-                        dtype=dtype,
-                        rngs=rngs,
-                    ),
-                    FeedForward(dim, mlp_dim, dropout, eps=eps, dtype=dtype, rngs=rngs),
-                )
-                for _ in range(depth)
+                block(dim, heads, dim_head, mlp_dim, dropout, drop_path=rate, **options)
+                for rate in drop_path_rates(drop_path, depth)
             ]
         )
-        self.norm = layer_norm(dim, eps, rngs, dtype)
+        self.norm = make_norm(norm, dim, eps, rngs, dtype) if final_norm else None
 
-    def __call__(self, x: Array, mask: Array | None = None, intermediates: Intermediates | None = None) -> Array:
-        for block in self.blocks:
-            x = block(x, mask, intermediates)
-            if intermediates is not None:
-                intermediates.blocks.append(x)
-        return self.norm(x)
+    def __call__(
+        self, x: Array, mask: Array | None = None, *, features: Features | None = None, prefix: str = ""
+    ) -> Array:
+        for i, block in enumerate(self.blocks):
+            x = run_block(block, x, mask, features, block_label(i, prefix))
+        return x if self.norm is None else self.norm(x)
 
 
 class PatchEmbed(nnx.Module):
@@ -313,21 +422,6 @@ def default_rngs(rngs: nnx.Rngs | None) -> nnx.Rngs:
     return nnx.Rngs(0) if rngs is None else rngs
 
 
-class DropPath(nnx.Module):
-    """Stochastic depth ("Deep Networks with Stochastic Depth", Huang et al., 2016): in training, zero each
-    sample's residual branch with probability ``rate`` and scale the kept ones by ``1 / (1 - rate)``.
-
-    Follows ``model.train()`` / ``model.eval()`` like ``nnx.Dropout`` and draws from the 'dropout' stream.
-    """
-
-    def __init__(self, rate: float = 0.0, *, rngs: nnx.Rngs) -> None:
-        self.rate = float(rate)
-        self.deterministic = False
-        self.rngs = rngs["dropout"].fork()
-
-    def __call__(self, x: Array) -> Array:
-        if self.rate == 0.0 or self.deterministic:
-            return x
-        keep = 1.0 - self.rate
-        mask = jax.random.bernoulli(self.rngs(), keep, (x.shape[0],) + (1,) * (x.ndim - 1))
-        return jnp.where(mask, x / keep, jnp.zeros_like(x))
+def with_features(logits: Array, features: Features | None) -> Array | tuple[Array, dict[str, Any]]:
+    """What a model returns: its logits, or ``(logits, features)`` when features were asked for."""
+    return logits if features is None else (logits, features.result())

@@ -1,7 +1,7 @@
 """NaViT: "Patch n' Pack: NaViT, a Vision Transformer for any Aspect Ratio and Resolution" (Dehghani et al., 2023).
 
 Mirrors ``vit_torch.na_vit`` (same constructor, parameters and logits) on packed batches of static
-shape: the framework-free packer (``vit_parity.packing``) cuts images into patches and lays them out
+shape: the framework-free packer (``vit_parity.core.packing``) cuts images into patches and lays them out
 in fixed ``(num_seqs, max_seq_len)`` arrays with segment ids, patch coordinates and image ids, so a
 stream of batches of different images compiles once.
 """
@@ -16,10 +16,11 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from vit_flax.layers import Attention, Intermediates, PatchEmbed, Transformer, default_rngs, layer_norm
-from vit_parity import packing
-from vit_parity.config import records_config
-from vit_parity.validate import as_tuple, check_divisible
+from vit_flax.layers import Attention, PatchEmbed, Transformer, default_rngs, layer_norm, with_features
+from vit_parity.core import packing
+from vit_parity.core.config import records_config
+from vit_parity.core.features import Features
+from vit_parity.core.validate import as_tuple, check_divisible
 
 __all__ = ["NaViT"]
 
@@ -64,6 +65,7 @@ class NaViTBase(nnx.Module):
             dim, depth, heads, dim_head, mlp_dim, dropout, out_bias=False, qk_norm=True, dtype=dtype, rngs=rngs
         )
         self.attn_pool_queries = nnx.Param(jax.random.normal(rngs.params(), (dim,)))
+        self.attn_pool_norm = layer_norm(dim, 1e-5, rngs, dtype)
         self.attn_pool = Attention(dim, heads, dim_head, out_bias=False, qk_norm=True, dtype=dtype, rngs=rngs)
         self.head_norm = layer_norm(dim, 1e-5, rngs, dtype)
         self.mlp_head = nnx.Linear(dim, num_classes, use_bias=False, dtype=dtype, rngs=rngs)
@@ -99,8 +101,10 @@ class NaViTBase(nnx.Module):
         image_ids: jax.Array,
         *,
         keep: jax.Array | None = None,
-        intermediates: Intermediates | None = None,
-    ) -> jax.Array:
+        return_features: bool | Sequence[str | int] = False,
+        return_attn: bool = False,
+    ) -> jax.Array | tuple[jax.Array, dict[str, jax.Array]]:
+        features = Features.request(return_features, return_attn)
         self._check(patches, segment_ids, coords, image_ids, keep)
         s, m = patches.shape[0], image_ids.shape[1]
         segment, coords = jnp.asarray(segment_ids), jnp.asarray(coords)
@@ -113,13 +117,15 @@ class NaViTBase(nnx.Module):
             x = x + getattr(self, _POS_NAMES[axis])[...][coords[..., a]].astype(x.dtype)
         x = self.dropout(x)
         # a token attends to the tokens of its own image (padding to padding: no empty rows)
-        x = self.transformer(x, segment[:, None, :, None] == segment[:, None, None, :], intermediates)
+        x = self.transformer(x, segment[:, None, :, None] == segment[:, None, None, :], features=features)
         pool_mask = jnp.arange(1, m + 1)[None, :, None] == segment[:, None, :]
         pool_mask = pool_mask | ~pool_mask.any(-1, keepdims=True)  # empty slots: finite, then zeroed
         queries = jnp.broadcast_to(self.attn_pool_queries[...], (s, m, x.shape[-1])).astype(x.dtype)
-        pooled = self.attn_pool(queries, pool_mask[:, None], context=x) + queries
+        pooled = self.attn_pool(self.attn_pool_norm(queries), pool_mask[:, None], context=x) + queries
+        if features is not None:
+            features.add("pre_logits", pooled)
         logits = self.mlp_head(self.head_norm(pooled))
-        return jnp.where((jnp.asarray(image_ids) >= 0)[..., None], logits, 0)
+        return with_features(jnp.where((jnp.asarray(image_ids) >= 0)[..., None], logits, 0), features)
 
     def _drop_tokens(self, segment: jax.Array, coords: jax.Array, m: int) -> jax.Array:
         """Token dropout inside the compiled function: each image keeps ``num_keep`` random tokens."""
@@ -128,7 +134,7 @@ class NaViTBase(nnx.Module):
         grid = jnp.max(jnp.where(onehot[..., None], coords[:, :, None, :] + 1, 0), axis=1)  # (s, m, axes)
         sides = grid * jnp.asarray(self.patch_size)
         prob = self.token_dropout(*(sides[..., a] for a in range(len(self.axis_names))))
-        kept_n = jnp.maximum(1, jnp.floor(counts * (1.0 - jnp.asarray(prob)) + 1e-4).astype(jnp.int32))
+        kept_n = packing.num_keep(counts, prob, xp=jnp)
         score = jax.random.uniform(self.token_rngs(), segment.shape)
         same = segment[:, :, None] == segment[:, None, :]
         rank = jnp.sum(same & (score[:, None, :] > score[:, :, None]), axis=-1)
@@ -161,7 +167,7 @@ class NaViT(NaViTBase):
     """NaViT (Dehghani et al., 2023) on packed batches of static shape.
 
     ``model(patches, segment_ids, coords, image_ids)`` takes what ``model.pack(images)`` (or
-    :func:`vit_parity.packing.pack_images`) builds from channels-last images ``(h, w, channels)``
+    :func:`vit_parity.core.packing.pack_images`) builds from channels-last images ``(h, w, channels)``
     whose sides are at most ``image_size`` and divisible by ``patch_size``, and returns per-slot
     logits ``(num_seqs, max_images, num_classes)`` (zeros in empty slots); ``batch.unpack(logits)``
     gives ``(number of images, num_classes)`` in input order.

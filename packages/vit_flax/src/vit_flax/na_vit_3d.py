@@ -1,7 +1,7 @@
 """NaViT for videos and volumes ("Patch n' Pack", Dehghani et al., 2023) on packed batches of static shape.
 
 Mirrors ``vit_torch.na_vit_nested_tensor_3d``: every video (or CT volume) keeps its own frame count
-and resolution, and becomes frame-and-space patches packed with the others by ``vit_parity.packing``.
+and resolution, and becomes frame-and-space patches packed with the others by ``vit_parity.core.packing``.
 """
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ import jax.numpy as jnp
 from flax import nnx
 
 from vit_flax.na_vit import NaViTBase, TokenDropout
-from vit_parity.config import records_config
-from vit_parity.validate import as_tuple
+from vit_parity.core.config import records_config
+from vit_parity.core.validate import as_tuple
 
 __all__ = ["NaViT"]
 

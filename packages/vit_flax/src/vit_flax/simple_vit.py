@@ -8,10 +8,11 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from vit_flax.layers import Intermediates, PatchEmbed, Transformer, default_rngs, sincos_posemb
+from vit_flax.layers import PatchEmbed, Transformer, default_rngs, sincos_posemb, with_features
 from vit_flax.vit import IMAGE_AXES
-from vit_parity.config import records_config
-from vit_parity.validate import check_input, image_geometry
+from vit_parity.core.config import records_config
+from vit_parity.core.features import Features
+from vit_parity.core.validate import check_input, image_geometry
 
 __all__ = ["SimpleViT"]
 
@@ -49,7 +50,10 @@ class SinCosViT(nnx.Module):
         self.transformer = Transformer(dim, depth, heads, dim_head, mlp_dim, out_bias=False, dtype=dtype, rngs=rngs)
         self.linear_head = nnx.Linear(dim, num_classes, dtype=dtype, rngs=rngs)
 
-    def __call__(self, x: jax.Array, intermediates: Intermediates | None = None) -> jax.Array:
+    def __call__(
+        self, x: jax.Array, *, return_features: bool | Sequence[str | int] = False, return_attn: bool = False
+    ) -> jax.Array | tuple[jax.Array, dict[str, jax.Array]]:
+        features = Features.request(return_features, return_attn)
         check_input(
             x.shape, name=self.input_name, channels_last=True, channels=self.channels,
             max_size=self.size, patch=self.patch_size, axis_names=self.axis_names,
@@ -57,8 +61,10 @@ class SinCosViT(nnx.Module):
         x, grid = self.to_patch_embedding(x)
         # a table's entry depends only on its position, so the table of the input's grid is the matching part
         x = x + sincos_posemb(grid, self.dim).astype(x.dtype)
-        x = self.transformer(x, intermediates=intermediates)
-        return self.linear_head(x.mean(axis=1))
+        x = self.transformer(x, features=features).mean(axis=1)
+        if features is not None:
+            features.add("pre_logits", x)
+        return with_features(self.linear_head(x), features)
 
 
 @records_config

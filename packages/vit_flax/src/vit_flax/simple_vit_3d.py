@@ -7,8 +7,8 @@ from flax import nnx
 
 from vit_flax.simple_vit import SinCosViT
 from vit_flax.vit_3d import VIDEO_AXES
-from vit_parity.config import records_config
-from vit_parity.validate import video_geometry
+from vit_parity.core.config import records_config
+from vit_parity.core.validate import video_geometry
 
 __all__ = ["SimpleViT"]
 

@@ -1,19 +1,25 @@
 """Training, evaluation and prediction for any vit_flax classifier, on numpy arrays.
 
-Mirrors ``vit_torch.train``: optax AdamW (decoupled weight decay on weights with two or more axes)
-under the same linear-warmup + cosine schedule, the same seeded batches, the same metrics. The train
-step is compiled once with ``nnx.jit`` (the learning rate is an argument, not a constant, so later runs
-of the same model reuse the compilation); prediction pads the last batch so it compiles once too.
-Inputs are channels-first, as ``vit_parity.data`` returns them (``channels_first=False`` for arrays
-already channels-last); the channel axis moves to the end here.
+Mirrors ``vit_torch.train``: optax AdamW (decoupled weight decay on the weights of linear and
+convolution modules only) under the same linear-warmup + cosine schedule, the same seeded batches, the
+same metrics. The training step (:func:`training_step`) is one ``jax.jit`` function of the
+``nnx.split`` state of the model and its optimizer, which it donates: what ``fit`` runs is what
+``bench/compare.py`` times. It compiles once per model structure and batch shape (the learning rate is
+an argument, not a constant, so later runs of the same model reuse the compilation); prediction pads
+the last batch so it compiles once too. Inputs are channels-first, as ``vit_parity.tools.data``
+returns them (``channels_first=False`` for arrays already channels-last); the channel axis moves to
+the end here. A model that takes something else than the batch array (NaViT's packed arrays) gets it
+from a ``feed`` (see ``vit_parity.tools.adapters``).
 """
 
 from __future__ import annotations
 
+import functools
 import os
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -21,87 +27,192 @@ import numpy as np
 import optax
 from flax import nnx
 
-from vit_flax.checkpoint import to_checkpoint
-from vit_parity import spec
-from vit_parity.checkpoint import save as save_checkpoint
-from vit_parity.data import batches, random_shift
-from vit_parity.training import EpochMetrics, Progress, cross_entropy, warmup_cosine
+from vit_flax.checkpoint import module_kinds, to_checkpoint
+from vit_flax.init import init_weights
+from vit_parity.core import spec
+from vit_parity.core.checkpoint import save as save_checkpoint
+from vit_parity.core.config import to_json
+from vit_parity.core.loop import EpochMetrics, Progress, batches, cross_entropy, random_shift, warmup_cosine
 
-__all__ = ["build", "fit", "optimizer", "predict", "save", "train_step"]
+__all__ = ["build", "decayed_parameters", "fit", "optimizer", "predict", "save", "training_step"]
 
-# How many times the train step has been traced (compiled); tests check that fit compiles it once.
+# How many times the training step has been traced (compiled); tests check that fit compiles it once.
 TRACES = {"train_step": 0}
+
+# Module kinds (vit_flax.checkpoint.module_kinds) whose weight (kernel) decays; nothing else does.
+DECAYED_KINDS = ("linear", "conv")
 
 
 def build(arch: str, config: dict, *, seed: int = 0) -> nnx.Module:
-    """The registry architecture ``arch`` built from ``config`` with parameters and dropout seeded by ``seed``."""
+    """The registry architecture ``arch`` built from ``config`` with weights drawn from ``seed`` by the
+    shared initializer (``vit_flax.init.init_weights``): the same as ``vit_torch.train.build`` gives.
+    Dropout draws from ``nnx.Rngs(seed)``.
+
+    Raises ``TypeError`` when the config cannot be stored in a checkpoint (e.g. a callable argument), so
+    that a run fails before training rather than at its first save.
+    """
     cls = spec.get(arch).load_class("flax")
-    return cls(**config, rngs=nnx.Rngs(seed))
+    model = cls(**config, rngs=nnx.Rngs(seed))
+    to_json(model.config)
+    return init_weights(model, seed)
 
 
-def _decay_mask(params: nnx.State) -> nnx.State:
-    return jax.tree.map(lambda p: p.ndim >= 2, params)
+def _dotted(path: tuple) -> str:
+    return ".".join(str(p) for p in path)
 
 
-# One transformation for every run: the learning rate and weight decay are state (set per step and
-# per run), not constants baked into the compiled step, so a new run of the same model reuses it.
-_ADAMW = optax.inject_hyperparams(optax.adamw, static_args=("mask",))(
-    learning_rate=0.0, b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.0, mask=_decay_mask
-)
+def decayed_parameters(model: nnx.Module) -> list[str]:
+    """Paths of the parameters AdamW decays: the kernels of linear and convolution modules."""
+    kinds = module_kinds(model)
+    return [
+        _dotted(path) for path, _ in nnx.to_flat_state(nnx.state(model, nnx.Param))
+        if path[-1] == "kernel" and kinds.get(_dotted(path[:-1])) in DECAYED_KINDS
+    ]  # fmt: skip
+
+
+def _key(k: Any) -> str:
+    for attr in ("key", "idx", "name"):
+        if hasattr(k, attr):
+            return str(getattr(k, attr))
+    return str(k)
+
+
+def _decay_mask(decayed: frozenset[str], params: Any) -> Any:
+    def leaf(path: tuple, _: Any) -> bool:
+        names = [_key(k) for k in path]
+        if names and names[-1] == "value":  # a Variable's value
+            names = names[:-1]
+        return ".".join(names) in decayed
+
+    return jax.tree_util.tree_map_with_path(leaf, params)
+
+
+@functools.lru_cache(maxsize=64)
+def _adamw(decayed: frozenset[str]) -> optax.GradientTransformation:
+    # One transformation per set of decayed parameters: the learning rate and weight decay are state
+    # (set per step and per run), not constants, so a new run of the same model reuses the compilation.
+    return optax.inject_hyperparams(optax.adamw, static_args=("mask",))(
+        learning_rate=0.0, b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.0,
+        mask=functools.partial(_decay_mask, decayed),
+    )  # fmt: skip
 
 
 def optimizer(model: nnx.Module, *, weight_decay: float) -> nnx.Optimizer:
-    """AdamW with weight decay on parameters of two or more axes only; ``train_step`` sets the rate."""
-    opt = nnx.Optimizer(model, _ADAMW, wrt=nnx.Param)
+    """AdamW with weight decay on :func:`decayed_parameters` only; the training step sets the rate."""
+    opt = nnx.Optimizer(model, _adamw(frozenset(decayed_parameters(model))), wrt=nnx.Param)
     opt.opt_state.hyperparams["weight_decay"][...] = jnp.float32(weight_decay)
     return opt
 
 
-def _train_step(
-    model: nnx.Module, opt: nnx.Optimizer, x: jax.Array, y: jax.Array, lr: jax.Array, smoothing: jax.Array
-) -> tuple[jax.Array, jax.Array]:
-    TRACES["train_step"] += 1
-
-    def loss_fn(model: nnx.Module) -> tuple[jax.Array, jax.Array]:
-        logits = model(x)
-        targets = optax.smooth_labels(jax.nn.one_hot(y, logits.shape[-1]), smoothing)
-        return optax.softmax_cross_entropy(logits.astype(jnp.float32), targets).mean(), logits
-
-    (loss, logits), grads = nnx.value_and_grad(loss_fn, has_aux=True)(model)
-    opt.opt_state.hyperparams["learning_rate"][...] = lr
-    opt.update(model, grads)
-    return loss, (logits.argmax(-1) == y).sum()
+def _call(model: nnx.Module, x: Any, feed: Any) -> jax.Array:
+    if feed is None:
+        return model(x)
+    return feed.logits(model(*x))
 
 
-train_step = nnx.jit(_train_step)
+def _make_step(graphdef: Any, feed: Any, label_smoothing: float) -> Callable:
+    def step(state: nnx.State, x: Any, y: jax.Array, lr: jax.Array) -> tuple[nnx.State, jax.Array, jax.Array]:
+        TRACES["train_step"] += 1
+        model, opt = nnx.merge(graphdef, state)
+
+        def loss_fn(model: nnx.Module) -> tuple[jax.Array, jax.Array]:
+            logits = _call(model, x, feed)
+            targets = optax.smooth_labels(jax.nn.one_hot(y, logits.shape[-1]), label_smoothing)
+            return optax.softmax_cross_entropy(logits.astype(jnp.float32), targets).mean(), logits
+
+        (loss, logits), grads = nnx.value_and_grad(loss_fn, has_aux=True)(model)
+        opt.opt_state.hyperparams["learning_rate"][...] = lr
+        opt.update(model, grads)
+        return nnx.state((model, opt)), loss, (logits.argmax(-1) == y).sum()
+
+    return jax.jit(step, donate_argnums=0)
 
 
-@nnx.jit
-def _forward(model: nnx.Module, x: jax.Array) -> jax.Array:
-    return model(x)
+# Compiled steps by (graphdef, feed, label smoothing): a graph definition holds the model's config (a
+# dict), so it compares by value but does not hash; a short list searched by equality stands in.
+_STEPS: list[tuple[tuple[Any, Any, float], Callable]] = []
+
+
+def training_step(
+    model: nnx.Module, *, weight_decay: float = 0.05, label_smoothing: float = 0.0, feed: Any = None
+) -> tuple[Callable, nnx.State]:
+    """The training step and its initial state, the ``nnx.split`` state of ``model`` and a new AdamW
+    :func:`optimizer` (the model is put in training mode first).
+
+    ``step(state, x, y, lr)`` runs forward, cross-entropy (``label_smoothing``), backward and the AdamW
+    update at learning rate ``lr`` and returns ``(state, loss, correct predictions)``; it is ``jax.jit``
+    compiled with ``state`` donated, so the arrays of the state passed in (and of ``model``) are invalid
+    afterwards: write the latest state back with ``nnx.update(model, state[0])`` (``state[1]`` is the
+    optimizer's). ``x`` is the channels-last batch, or ``feed.inputs`` of the channels-first batch.
+    """
+    model.train()
+    opt = optimizer(model, weight_decay=weight_decay)
+    graphdef, state = nnx.split((model, opt))
+    key = (graphdef, feed, float(label_smoothing))
+    step = next((fn for cached, fn in _STEPS if cached == key), None)
+    if step is None:
+        step = _make_step(graphdef, feed, float(label_smoothing))
+        _STEPS.append((key, step))
+        del _STEPS[:-16]
+    return step, state
+
+
+@functools.partial(nnx.jit, static_argnames=("feed",))
+def _forward(model: nnx.Module, x: Any, feed: Any = None) -> jax.Array:
+    return _call(model, x, feed)
 
 
 def _to_layout(x: np.ndarray, channels_first: bool) -> np.ndarray:
     return np.ascontiguousarray(np.moveaxis(x, 1, -1)) if channels_first else x
 
 
-def predict(model: nnx.Module, x: np.ndarray, *, batch_size: int = 256, channels_first: bool = True) -> np.ndarray:
-    """Logits of ``model`` (in eval mode) for the batch ``x``, as float32 numpy.
+def _inputs(x: np.ndarray, feed: Any, channels_first: bool) -> Any:
+    """The model's input(s) for the batch ``x`` as JAX arrays: the array itself, or ``feed.inputs(x)``."""
+    if feed is None:
+        return jnp.asarray(_to_layout(x, channels_first))
+    if not channels_first:
+        x = np.moveaxis(x, -1, 1)
+    return tuple(spec.map_arrays(jnp.asarray, tuple(feed.inputs(x))))
+
+
+def _modes(model: nnx.Module) -> list[tuple[nnx.Module, str, Any]]:
+    """The train/eval switches (``deterministic``, ``use_running_average``) of every submodule, as set now."""
+    return [
+        (module, name, getattr(module, name))
+        for _, module in nnx.iter_graph(model)
+        if isinstance(module, nnx.Module)
+        for name in ("deterministic", "use_running_average")
+        if hasattr(module, name)
+    ]
+
+
+def predict(
+    model: nnx.Module, x: np.ndarray, *, batch_size: int = 256, channels_first: bool = True, feed: Any = None
+) -> np.ndarray:
+    """Logits of ``model`` (in eval mode; its mode is restored) for the batch ``x``, as float32 numpy.
 
     Every batch is padded to the same size (``min(batch_size, len(x))``) so one compilation serves all.
+    ``feed`` (a ``vit_parity.tools.adapters.Feed``) builds the inputs of a model that does not take the
+    batch array (NaViT's packed arrays) and reads its per-sample logits.
     """
     n = len(x)
     if n == 0:
         return np.zeros((0, 0), dtype=np.float32)
     batch_size = min(batch_size, n)
+    modes = _modes(model)
     model.eval()
     out = []
-    for idx in batches(n, batch_size):
-        xb = _to_layout(np.asarray(x[idx], dtype=np.float32), channels_first)
-        pad = batch_size - len(idx)
-        if pad:
-            xb = np.concatenate([xb, np.zeros((pad, *xb.shape[1:]), dtype=xb.dtype)])
-        out.append(np.asarray(_forward(model, jnp.asarray(xb)), dtype=np.float32)[: len(idx)])
+    try:
+        for idx in batches(n, batch_size):
+            xb = np.asarray(x[idx], dtype=np.float32)
+            pad = batch_size - len(idx)
+            if pad:
+                xb = np.concatenate([xb, np.zeros((pad, *xb.shape[1:]), dtype=xb.dtype)])
+            logits = _forward(model, _inputs(xb, feed, channels_first), feed=feed)
+            out.append(np.asarray(logits, dtype=np.float32)[: len(idx)])
+    finally:
+        for module, name, value in modes:
+            setattr(module, name, value)
     return np.concatenate(out)
 
 
@@ -121,6 +232,7 @@ def fit(
     start_epoch: int = 0,
     shuffle: bool = True,
     channels_first: bool = True,
+    feed: Any = None,
     on_epoch: Callable[[EpochMetrics, nnx.Module], None] | None = None,
     progress: bool | Progress = True,
 ) -> list[EpochMetrics]:
@@ -128,7 +240,9 @@ def fit(
 
     The same contract as ``vit_torch.train.fit``: full batches of a permutation drawn from
     ``(seed, epoch)``, ``shift`` pixel translations, resumable at ``start_epoch``. Dropout draws from
-    the model's own ``nnx.Rngs``.
+    the model's own ``nnx.Rngs``. Each step is :func:`training_step`; ``model`` holds the trained
+    weights whenever ``on_epoch`` runs and when ``fit`` returns. ``feed`` (see :func:`predict`) turns
+    each batch into the model's inputs.
     """
     x, y = np.asarray(train[0], dtype=np.float32), np.asarray(train[1], dtype=np.int64)
     if len(x) == 0:
@@ -136,31 +250,29 @@ def fit(
     batch_size = min(batch_size, len(x))
     steps = len(x) // batch_size
     total, warmup = epochs * steps, round(warmup_epochs * steps)
-    opt = optimizer(model, weight_decay=weight_decay)
-    smoothing = jnp.float32(label_smoothing)
     bar = progress if isinstance(progress, Progress) else Progress(epochs, steps, enabled=bool(progress))
     history: list[EpochMetrics] = []
+    step, state = training_step(model, weight_decay=weight_decay, label_smoothing=label_smoothing, feed=feed)
     for epoch in range(start_epoch, epochs):
         bar.begin(epoch)
         start = time.perf_counter()
         rng = np.random.default_rng([seed, epoch])
         loss_sum = correct = seen = 0.0
-        model.train()
         for i, idx in enumerate(batches(len(x), batch_size, rng=rng if shuffle else None, drop_last=True)):
             step_lr = warmup_cosine(epoch * steps + i, total_steps=total, warmup_steps=warmup, peak_lr=lr)
-            xb = jnp.asarray(_to_layout(random_shift(x[idx], shift, rng), channels_first))
+            xb = _inputs(random_shift(x[idx], shift, rng), feed, channels_first)
             yb = jnp.asarray(y[idx], dtype=jnp.int32)
-            loss, hits = train_step(model, opt, xb, yb, jnp.float32(step_lr), smoothing)
+            state, loss, hits = step(state, xb, yb, jnp.float32(step_lr))
             loss_sum += float(loss) * len(idx)
             correct += float(hits)
             seen += len(idx)
             bar.update(i + 1, loss_sum / seen, correct / seen)
+        nnx.update(model, state[0])  # the step donated the model's arrays: hand it the latest ones
         eval_loss = eval_acc = None
         if eval is not None and len(eval[0]):
-            logits = predict(model, eval[0], channels_first=channels_first)
+            logits = predict(model, eval[0], channels_first=channels_first, feed=feed)
             eval_loss = cross_entropy(logits, eval[1])
             eval_acc = float((logits.argmax(-1) == eval[1]).mean())
-            model.train()
         metrics = EpochMetrics(
             epoch, step_lr, loss_sum / seen, correct / seen, eval_loss, eval_acc, time.perf_counter() - start
         )

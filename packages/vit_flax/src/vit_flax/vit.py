@@ -9,9 +9,10 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from vit_flax.layers import Intermediates, PatchEmbed, Transformer, crop_grid, default_rngs
-from vit_parity.config import records_config
-from vit_parity.validate import check_choice, check_input, image_geometry
+from vit_flax.layers import PatchEmbed, Transformer, crop_grid, default_rngs, with_features
+from vit_parity.core.config import records_config
+from vit_parity.core.features import Features
+from vit_parity.core.validate import check_choice, check_input, image_geometry
 
 __all__ = ["ViT"]
 
@@ -58,19 +59,24 @@ class ClassTokenViT(nnx.Module):
         self.transformer = Transformer(dim, depth, heads, dim_head, mlp_dim, dropout, dtype=dtype, rngs=rngs)
         self.mlp_head = nnx.Linear(dim, num_classes, dtype=dtype, rngs=rngs)
 
-    def __call__(self, x: jax.Array, intermediates: Intermediates | None = None) -> jax.Array:
+    def __call__(
+        self, x: jax.Array, *, return_features: bool | Sequence[str | int] = False, return_attn: bool = False
+    ) -> jax.Array | tuple[jax.Array, dict[str, jax.Array]]:
+        features = Features.request(return_features, return_attn)
         check_input(
             x.shape, name=self.input_name, channels_last=True, channels=self.channels,
             max_size=self.size, patch=self.patch_size, axis_names=self.axis_names,
         )  # fmt: skip
         x, grid = self.to_patch_embedding(x)
         pos = self.pos_embedding[...]
-        x = x + crop_grid(pos[:, 1:], self.grid, grid)
+        x = x + crop_grid(pos[:, 1:], self.grid, grid).astype(x.dtype)
         cls = jnp.broadcast_to(self.cls_token[...] + pos[:, :1], (x.shape[0], 1, x.shape[-1]))
         x = self.dropout(jnp.concatenate((cls.astype(x.dtype), x), axis=1))
-        x = self.transformer(x, intermediates=intermediates)
+        x = self.transformer(x, features=features)
         x = x[:, 0] if self.pool == "cls" else x.mean(axis=1)
-        return self.mlp_head(x)
+        if features is not None:
+            features.add("pre_logits", x)
+        return with_features(self.mlp_head(x), features)
 
 
 @records_config

@@ -6,8 +6,8 @@ import jax.numpy as jnp
 from flax import nnx
 
 from vit_flax.vit import ClassTokenViT
-from vit_parity.config import records_config
-from vit_parity.validate import video_geometry
+from vit_parity.core.config import records_config
+from vit_parity.core.validate import video_geometry
 
 __all__ = ["ViT"]
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -10,50 +12,33 @@ from flax import nnx
 
 from vit_flax.layers import (
     Attention,
-    FeedForward,
-    Intermediates,
+    Block,
     PatchEmbed,
     Transformer,
     crop_grid,
     default_rngs,
     layer_norm,
+    with_features,
 )
 from vit_flax.vit_3d import VIDEO_AXES
-from vit_parity.config import records_config
-from vit_parity.validate import check_choice, check_input, video_geometry
+from vit_parity.core.config import records_config
+from vit_parity.core.facts import vivit
+from vit_parity.core.features import Features
+from vit_parity.core.validate import check_input, video_geometry
 
 __all__ = ["ViT"]
 
 Array = jax.Array
-VARIANTS = ("factorized_encoder", "factorized_self_attention")
 
 
-class FactorizedBlock(nnx.Module):
-    """One block of factorized self-attention on ``(b, f, n, d)`` tokens: attention over the ``n`` tokens of
-    each frame group, then over the ``f`` frame groups at each spatial position, then the MLP."""
-
-    def __init__(self, spatial_attn: Attention, temporal_attn: Attention, ff: FeedForward) -> None:
-        self.spatial_attn = spatial_attn
-        self.temporal_attn = temporal_attn
-        self.ff = ff
-
-    def __call__(self, x: Array, intermediates: Intermediates | None = None) -> Array:
-        b, f, n, d = x.shape
-        x = x.reshape(b * f, n, d)
-        x = x + self.spatial_attn(x, None, intermediates)
-        x = x.reshape(b, f, n, d).swapaxes(1, 2).reshape(b * n, f, d)
-        x = x + self.temporal_attn(x, None, intermediates)
-        x = x + self.ff(x)
-        return x.reshape(b, n, f, d).swapaxes(1, 2)
-
-
-class FactorizedTransformer(nnx.Module):
-    """A stack of :class:`FactorizedBlock` followed by a final LayerNorm; takes and returns ``(b, f, n, d)``."""
+class FactorizedBlock(Block):
+    """A :class:`~vit_flax.layers.Block` whose attention is factorized, on ``(b, f, n, d)`` tokens: over the
+    ``n`` tokens of each frame group (``norm1``, ``attn``), then over the ``f`` frame groups at each spatial
+    position (``temporal_norm``, ``temporal_attn``), then the MLP (``norm2``, ``ff``)."""
 
     def __init__(
         self,
         dim: int,
-        depth: int,
         heads: int,
         dim_head: int,
         mlp_dim: int,
@@ -61,25 +46,23 @@ class FactorizedTransformer(nnx.Module):
         *,
         dtype: jnp.dtype | None = None,
         rngs: nnx.Rngs,
+        **options: Any,
     ) -> None:
-        self.blocks = nnx.List(
-            [
-                FactorizedBlock(
-                    Attention(dim, heads, dim_head, dropout, dtype=dtype, rngs=rngs),
-                    Attention(dim, heads, dim_head, dropout, dtype=dtype, rngs=rngs),
-                    FeedForward(dim, mlp_dim, dropout, dtype=dtype, rngs=rngs),
-                )
-                for _ in range(depth)
-            ]
-        )
-        self.norm = layer_norm(dim, 1e-5, rngs, dtype)
+        super().__init__(dim, heads, dim_head, mlp_dim, dropout, dtype=dtype, rngs=rngs, **options)
+        self.temporal_norm = layer_norm(dim, 1e-5, rngs, dtype)
+        self.temporal_attn = Attention(dim, heads, dim_head, dropout, dtype=dtype, rngs=rngs)
 
-    def __call__(self, x: Array, intermediates: Intermediates | None = None) -> Array:
-        for block in self.blocks:
-            x = block(x, intermediates)
-            if intermediates is not None:
-                intermediates.blocks.append(x)
-        return self.norm(x)
+    def __call__(self, x: Array, mask: Array | None = None, *, return_attn: bool = False) -> Any:
+        b, f, n, d = x.shape
+        x = x.reshape(b * f, n, d)
+        spatial = self.attn(self.norm1(x), return_attn=return_attn)
+        x = x + (spatial[0] if return_attn else spatial)
+        x = x.reshape(b, f, n, d).swapaxes(1, 2).reshape(b * n, f, d)
+        temporal = self.temporal_attn(self.temporal_norm(x), return_attn=return_attn)
+        x = x + (temporal[0] if return_attn else temporal)
+        x = x + self.ff(self.norm2(x))
+        x = x.reshape(b, n, f, d).swapaxes(1, 2)
+        return (x, {"spatial": spatial[1], "temporal": temporal[1]}) if return_attn else x
 
 
 @records_config
@@ -118,13 +101,7 @@ class ViT(nnx.Module):
     ) -> None:
         rngs = default_rngs(rngs)
         self.size, self.patch_size = video_geometry(image_size, image_patch_size, frames, frame_patch_size)
-        check_choice(pool, ("cls", "mean"), "pool")
-        check_choice(variant, VARIANTS, "variant")
-        if variant == "factorized_self_attention" and spatial_depth != temporal_depth:
-            raise ValueError(
-                "variant='factorized_self_attention' alternates spatial and temporal attention in each block, so "
-                f"spatial_depth and temporal_depth must be equal, got {spatial_depth} and {temporal_depth}"
-            )
+        vivit.check_arguments(pool=pool, variant=variant, spatial_depth=spatial_depth, temporal_depth=temporal_depth)
         self.pool = pool
         self.variant = variant
         self.channels = channels
@@ -146,12 +123,15 @@ class ViT(nnx.Module):
                 dim, temporal_depth, heads, dim_head, mlp_dim, dropout, dtype=dtype, rngs=rngs
             )
         else:
-            self.factorized_transformer = FactorizedTransformer(
-                dim, spatial_depth, heads, dim_head, mlp_dim, dropout, dtype=dtype, rngs=rngs
+            self.factorized_transformer = Transformer(
+                dim, spatial_depth, heads, dim_head, mlp_dim, dropout, block=FactorizedBlock, dtype=dtype, rngs=rngs
             )
         self.mlp_head = nnx.Linear(dim, num_classes, dtype=dtype, rngs=rngs)
 
-    def __call__(self, video: Array, intermediates: Intermediates | None = None) -> Array:
+    def __call__(
+        self, video: Array, *, return_features: bool | Sequence[str | int] = False, return_attn: bool = False
+    ) -> Array | tuple[Array, dict[str, Array]]:
+        features = Features.request(return_features, return_attn)
         check_input(
             video.shape, name="video", channels_last=True, channels=self.channels,
             max_size=self.size, patch=self.patch_size, axis_names=VIDEO_AXES,
@@ -168,14 +148,17 @@ class ViT(nnx.Module):
         cls = self.pool == "cls"
 
         if self.variant == "factorized_encoder":
-            x = self.spatial_transformer(x.reshape(b * f, -1, d), intermediates=intermediates).reshape(b, f, -1, d)
+            x = self.spatial_transformer(x.reshape(b * f, -1, d), features=features, prefix="spatial/")
+            x = x.reshape(b, f, -1, d)
             x = x[:, :, 0] if cls else x.mean(axis=2)
             if self.temporal_cls_token is not None:
                 cls_token = jnp.broadcast_to(self.temporal_cls_token[...], (b, 1, d)).astype(x.dtype)
                 x = jnp.concatenate((cls_token, x), axis=1)
-            x = self.temporal_transformer(x, intermediates=intermediates)
+            x = self.temporal_transformer(x, features=features, prefix="temporal/")
             x = x[:, 0] if cls else x.mean(axis=1)
         else:
-            x = self.factorized_transformer(x, intermediates=intermediates)
+            x = self.factorized_transformer(x, features=features)
             x = x[:, 0, 0] if cls else x.mean(axis=(1, 2))
-        return self.mlp_head(x)
+        if features is not None:
+            features.add("pre_logits", x)
+        return with_features(self.mlp_head(x), features)

@@ -1,25 +1,40 @@
-"""Building blocks shared by every architecture: attention, feed-forward, transformer, patches, positions."""
+"""Building blocks shared by every architecture: attention, feed-forward, blocks, transformer, patches, positions.
+
+A :class:`Block` owns its norms and composes an attention and a feed-forward module (its own by
+default, any module with the same call contract otherwise), with layer scale and stochastic depth
+as options. A :class:`Transformer` is a stack of blocks and a final norm; it records each block's
+output in a :class:`~vit_parity.core.features.Features` when one is given.
+"""
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+import warnings
+from collections.abc import Callable, Sequence
+from functools import partial
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from vit_parity.posemb import sincos_table
+from vit_parity.core.features import Features, block_label
+from vit_parity.core.posemb import sincos_table
+from vit_parity.core.validate import check_choice
+
+ACTIVATIONS: dict[str, Callable[[Tensor], Tensor]] = {
+    "gelu": F.gelu,  # exact, torch's default
+    "gelu_tanh": partial(F.gelu, approximate="tanh"),
+    "relu": F.relu,
+    "silu": F.silu,
+}
+NORMS = ("layernorm", "rmsnorm")
 
 
-@dataclass
-class Intermediates:
-    """Collects each transformer block's output (and attention maps when ``with_attn``) in a forward pass."""
-
-    with_attn: bool = False
-    blocks: list[Tensor] = field(default_factory=list)
-    attn: list[Tensor] = field(default_factory=list)
+def make_norm(kind: str, dim: int, eps: float = 1e-5) -> nn.Module:
+    """A LayerNorm or RMSNorm over the last axis, by name."""
+    check_choice(kind, NORMS, "norm")
+    return nn.LayerNorm(dim, eps=eps) if kind == "layernorm" else nn.RMSNorm(dim, eps=eps)
 
 
 def attention_weights(q: Tensor, k: Tensor, mask: Tensor | None = None) -> Tensor:
@@ -31,14 +46,14 @@ def attention_weights(q: Tensor, k: Tensor, mask: Tensor | None = None) -> Tenso
 
 
 class Attention(nn.Module):
-    """Pre-norm multi-head self-attention, fused through ``scaled_dot_product_attention``.
+    """Multi-head attention fused through ``scaled_dot_product_attention`` ("Attention Is All You Need").
 
-    ``forward(x, mask)`` takes ``x`` of shape ``(b, n, dim)`` and an optional boolean ``mask``
-    broadcastable to ``(b, heads, n, n)``, True where a query may attend to a key.
-    ``qk_norm`` adds an RMSNorm over each head's queries and keys ("Scaling Vision Transformers to
-    22B Parameters"). ``forward(x, mask, context=c)`` is cross-attention: queries from ``x``, keys
-    and values from ``c`` (not normalized here), through the same ``to_qkv`` weights. ``x`` may be a
-    jagged nested tensor (``torch.nested``, ``layout=torch.jagged``) when there is no mask.
+    ``forward(x, mask)`` takes ``x`` of shape ``(b, n, dim)`` (normalized by the caller: the block owns
+    its norms) and an optional boolean ``mask`` broadcastable to ``(b, heads, n, n)``, True where a query
+    may attend to a key. ``context=c`` makes it cross-attention: queries from ``x``, keys and values from
+    ``c``, through the same ``to_qkv`` weights. ``return_attn=True`` also returns the attention weights
+    (explicit softmax). ``qk_norm`` adds an RMSNorm over each head's queries and keys ("Scaling Vision
+    Transformers to 22B Parameters"). ``x`` may be a jagged nested tensor when there is no mask.
     """
 
     def __init__(
@@ -58,7 +73,6 @@ class Attention(nn.Module):
         inner = heads * dim_head
         self.heads = heads
         self.dropout = dropout if attn_dropout is None else attn_dropout
-        self.norm = nn.LayerNorm(dim, eps=eps)
         self.to_qkv = nn.Linear(dim, inner * 3, bias=qkv_bias)
         project_out = not (heads == 1 and dim_head == dim)
         self.to_out = nn.Linear(inner, dim, bias=out_bias) if project_out else nn.Identity()
@@ -67,14 +81,8 @@ class Attention(nn.Module):
         self.k_norm = nn.RMSNorm(dim_head, eps=eps) if qk_norm else None
 
     def forward(
-        self,
-        x: Tensor,
-        mask: Tensor | None = None,
-        intermediates: Intermediates | None = None,
-        *,
-        context: Tensor | None = None,
-    ) -> Tensor:
-        x = self.norm(x)
+        self, x: Tensor, mask: Tensor | None = None, *, context: Tensor | None = None, return_attn: bool = False
+    ) -> Tensor | tuple[Tensor, Tensor]:
         if context is None:
             q, k, v = self.to_qkv(x).chunk(3, dim=-1)
         else:
@@ -85,14 +93,19 @@ class Attention(nn.Module):
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
         q, k, v = (t.transpose(1, 2) for t in (q, k, v))
-        if intermediates is not None and intermediates.with_attn:
+        if return_attn:
             attn = attention_weights(q, k, mask)
-            intermediates.attn.append(attn)
             out = F.dropout(attn, self.dropout, self.training) @ v
         else:
             p = self.dropout if self.training else 0.0
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p)
-        return self.out_drop(self.to_out(out.transpose(1, 2).flatten(-2)))
+            if q.is_nested:  # torch's jagged kernel builds a strided nested tensor and warns about that API
+                with warnings.catch_warnings():
+                    warnings.filterwarnings("ignore", message="The PyTorch API of nested tensors is in prototype")
+                    out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p)
+            else:
+                out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p)
+        out = self.out_drop(self.to_out(out.transpose(1, 2).flatten(-2)))
+        return (out, attn) if return_attn else out
 
     def _split_heads(self, t: Tensor) -> Tensor:
         """``(b, n, heads * d)`` to ``(b, n, heads, d)``; fused attention wants jagged tensors contiguous."""
@@ -132,39 +145,149 @@ class _GeluLinear(torch.autograd.Function):
 
 
 class FeedForward(nn.Module):
-    """Pre-norm MLP: LayerNorm, Linear, GELU (exact), Dropout, Linear, Dropout (``norm=False``: no LayerNorm)."""
+    """The transformer MLP: Linear, activation (exact GELU by default), Dropout, Linear, Dropout."""
 
-    def __init__(
-        self, dim: int, hidden_dim: int, dropout: float = 0.0, *, eps: float = 1e-5, norm: bool = True
-    ) -> None:
+    def __init__(self, dim: int, hidden_dim: int, dropout: float = 0.0, *, act: str = "gelu") -> None:
         super().__init__()
-        self.norm = nn.LayerNorm(dim, eps=eps) if norm else nn.Identity()
+        check_choice(act, tuple(ACTIVATIONS), "act")
+        self.act = act
         self.fc1 = nn.Linear(dim, hidden_dim)
         self.fc2 = nn.Linear(hidden_dim, dim)
         self.drop = nn.Dropout(dropout)
 
     def forward(self, x: Tensor) -> Tensor:
-        h = self.fc1(self.norm(x))
-        if torch.is_grad_enabled() and not h.is_nested and (self.drop.p == 0 or not self.training):
+        h = self.fc1(x)
+        fused = self.act == "gelu" and torch.is_grad_enabled() and not h.is_nested
+        if fused and (self.drop.p == 0 or not self.training):
             return self.drop(_GeluLinear.apply(h, self.fc2.weight, self.fc2.bias))  # same numbers, less memory
-        return self.drop(self.fc2(self.drop(F.gelu(h))))
+        return self.drop(self.fc2(self.drop(ACTIVATIONS[self.act](h))))
+
+
+class LayerScale(nn.Module):
+    """Per-channel scale of a residual branch, ``gamma`` starting at ``init_values`` (CaiT, Touvron et al., 2021)."""
+
+    def __init__(self, dim: int, init_values: float = 1e-5) -> None:
+        super().__init__()
+        self.init_values = init_values
+        self.gamma = nn.Parameter(torch.full((dim,), float(init_values)))
+
+    @property
+    def init_rules(self) -> dict[str, tuple]:
+        """For the shared initializer (``vit_parity.core.init``): ``gamma`` starts at ``init_values``."""
+        return {"gamma": ("constant", self.init_values)}
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x * self.gamma
+
+
+class DropPath(nn.Module):
+    """Stochastic depth ("Deep Networks with Stochastic Depth", Huang et al., 2016): in training, zero each
+    sample's residual branch with probability ``drop_prob`` and scale the kept ones by ``1 / (1 - drop_prob)``."""
+
+    def __init__(self, drop_prob: float = 0.0) -> None:
+        super().__init__()
+        self.drop_prob = float(drop_prob)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.drop_prob == 0.0 or not self.training:
+            return x
+        keep = 1.0 - self.drop_prob
+        mask = torch.rand((x.shape[0],) + (1,) * (x.ndim - 1), device=x.device) < keep
+        return x * mask.to(x.dtype) / keep
 
 
 class Block(nn.Module):
-    """One residual transformer block: ``x + attn(x)``, then ``x + ff(x)``."""
+    """A residual transformer block (as timm's ``Block``): it owns its norms and composes an attention and a
+    feed-forward module.
 
-    def __init__(self, attn: Attention, ff: FeedForward) -> None:
+    Pre-norm (default): ``x + drop_path(ls1(attn(norm1(x))))``, then ``x + drop_path(ls2(ff(norm2(x))))``.
+    ``post_norm=True`` is CCT's layer: ``norm2`` normalizes the stream after the attention residual and the
+    feed-forward reads and adds to the normalized stream. ``attn`` and ``ff`` replace the default
+    :class:`Attention` and :class:`FeedForward` by any module with the same call: ``attn(x, mask,
+    return_attn=...)`` and ``ff(x)`` (talking heads, re-attention, cross-covariance, windowed attention ...).
+    ``layer_scale`` (a number) scales each branch by a learned per-channel ``gamma`` starting there.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        heads: int = 8,
+        dim_head: int = 64,
+        mlp_dim: int | None = None,
+        dropout: float = 0.0,
+        *,
+        qkv_bias: bool = False,
+        attn_dropout: float | None = None,
+        out_bias: bool = True,
+        qk_norm: bool = False,
+        drop_path: float = 0.0,
+        layer_scale: float | None = None,
+        eps: float = 1e-5,
+        norm: str = "layernorm",
+        act: str = "gelu",
+        post_norm: bool = False,
+        attn: nn.Module | None = None,
+        ff: nn.Module | None = None,
+    ) -> None:
         super().__init__()
-        self.attn = attn
-        self.ff = ff
+        if ff is None and mlp_dim is None:
+            raise ValueError("Block needs mlp_dim (the feed-forward width) unless a feed-forward module ff is given")
+        self.post_norm = post_norm
+        self.norm1 = make_norm(norm, dim, eps)
+        self.attn = attn or Attention(
+            dim, heads, dim_head, dropout, qkv_bias=qkv_bias, attn_dropout=attn_dropout, out_bias=out_bias,
+            eps=eps, qk_norm=qk_norm,
+        )  # fmt: skip
+        self.ls1 = LayerScale(dim, layer_scale) if layer_scale is not None else nn.Identity()
+        self.norm2 = make_norm(norm, dim, eps)
+        self.ff = ff or FeedForward(dim, mlp_dim, dropout, act=act)
+        self.ls2 = LayerScale(dim, layer_scale) if layer_scale is not None else nn.Identity()
+        self.drop_path = DropPath(drop_path)
 
-    def forward(self, x: Tensor, mask: Tensor | None = None, intermediates: Intermediates | None = None) -> Tensor:
-        x = x + self.attn(x, mask, intermediates)
-        return x + self.ff(x)
+    def forward(
+        self, x: Tensor, mask: Tensor | None = None, *, return_attn: bool = False
+    ) -> Tensor | tuple[Tensor, Any]:
+        y = self.attn(self.norm1(x), mask, return_attn=return_attn)
+        y, attn = y if return_attn else (y, None)
+        x = x + self.drop_path(self.ls1(y))
+        if self.post_norm:
+            x = self.norm2(x)
+            x = x + self.drop_path(self.ls2(self.ff(x)))
+        else:
+            x = x + self.drop_path(self.ls2(self.ff(self.norm2(x))))
+        return (x, attn) if return_attn else x
+
+
+def run_block(block: nn.Module, x: Tensor, mask: Tensor | None, features: Features | None, label: str) -> Tensor:
+    """``block(x, mask)``, recording its output (and attention weights when asked) under ``label``."""
+    if features is None:
+        return block(x, mask)
+    if features.attn:
+        x, attn = block(x, mask, return_attn=True)
+        features.add_attn(label, attn)
+    else:
+        x = block(x, mask)
+    features.add(label, x)
+    return x
+
+
+def drop_path_rates(rate: float | Sequence[float], depth: int) -> list[float]:
+    """One stochastic-depth rate per block: a sequence as given, a number for every block."""
+    if isinstance(rate, (int, float)):
+        return [float(rate)] * depth
+    if len(rate) != depth:
+        raise ValueError(f"drop_path must be a number or one rate per block ({depth}), got {len(rate)} rates")
+    return [float(r) for r in rate]
 
 
 class Transformer(nn.Module):
-    """A stack of pre-norm blocks followed by a final LayerNorm."""
+    """A stack of blocks followed by a final norm (``final_norm=False``: none).
+
+    ``block`` is the block class (:class:`Block` or a subclass with its constructor, e.g. ViViT's factorized
+    block); ``drop_path`` is one rate for every block or one per block; other keyword arguments go to every
+    block.
+    ``forward(x, mask, features=f, prefix="spatial/")`` records ``spatial/block00`` ... in ``f``.
+    """
 
     def __init__(
         self,
@@ -175,25 +298,27 @@ class Transformer(nn.Module):
         mlp_dim: int,
         dropout: float = 0.0,
         *,
-        out_bias: bool = True,
+        drop_path: float | Sequence[float] = 0.0,
         eps: float = 1e-5,
-        qk_norm: bool = False,
+        norm: str = "layernorm",
+        final_norm: bool = True,
+        block: type[Block] | None = None,
+        **block_options: Any,
     ) -> None:
         super().__init__()
         self.blocks = nn.ModuleList(
-            Block(
-                Attention(dim, heads, dim_head, dropout, out_bias=out_bias, eps=eps, qk_norm=qk_norm),
-                FeedForward(dim, mlp_dim, dropout, eps=eps),
+            (block or Block)(
+                dim, heads, dim_head, mlp_dim, dropout, drop_path=rate, eps=eps, norm=norm, **block_options
             )
-            for _ in range(depth)
+            for rate in drop_path_rates(drop_path, depth)
         )
-        self.norm = nn.LayerNorm(dim, eps=eps)
+        self.norm = make_norm(norm, dim, eps) if final_norm else nn.Identity()
 
-    def forward(self, x: Tensor, mask: Tensor | None = None, intermediates: Intermediates | None = None) -> Tensor:
-        for block in self.blocks:
-            x = block(x, mask, intermediates)
-            if intermediates is not None:
-                intermediates.blocks.append(x)
+    def forward(
+        self, x: Tensor, mask: Tensor | None = None, *, features: Features | None = None, prefix: str = ""
+    ) -> Tensor:
+        for i, block in enumerate(self.blocks):
+            x = run_block(block, x, mask, features, block_label(i, prefix))
         return self.norm(x)
 
 
@@ -213,9 +338,7 @@ class PatchEmbed(nn.Module):
         self.post_norm = nn.LayerNorm(dim, eps=eps)
 
     def forward(self, x: Tensor) -> tuple[Tensor, tuple[int, ...]]:
-        return self.post_norm(self.proj(self.pre_norm(patchify(x, self.patch_size)))), grid_of(
-            x.shape[2:], self.patch_size
-        )
+        return self.embed(patchify(x, self.patch_size)), grid_of(x.shape[2:], self.patch_size)
 
     def embed(self, patches: Tensor) -> Tensor:
         """Embed patches already cut by :func:`patchify`: ``(..., prod(patch) * c)`` to ``(..., dim)``."""
@@ -250,17 +373,6 @@ def sincos_posemb(grid: tuple[int, ...], dim: int, temperature: float = 10000.0)
     return torch.tensor(sincos_table(tuple(grid), dim, temperature))
 
 
-class DropPath(nn.Module):
-    """Stochastic depth ("Deep Networks with Stochastic Depth", Huang et al., 2016): in training, zero each
-    sample's residual branch with probability ``drop_prob`` and scale the kept ones by ``1 / (1 - drop_prob)``."""
-
-    def __init__(self, drop_prob: float = 0.0) -> None:
-        super().__init__()
-        self.drop_prob = float(drop_prob)
-
-    def forward(self, x: Tensor) -> Tensor:
-        if self.drop_prob == 0.0 or not self.training:
-            return x
-        keep = 1.0 - self.drop_prob
-        mask = torch.rand((x.shape[0],) + (1,) * (x.ndim - 1), device=x.device) < keep
-        return x * mask.to(x.dtype) / keep
+def with_features(logits: Tensor, features: Features | None) -> Tensor | tuple[Tensor, dict[str, Any]]:
+    """What a model returns: its logits, or ``(logits, features)`` when features were asked for."""
+    return logits if features is None else (logits, features.result())

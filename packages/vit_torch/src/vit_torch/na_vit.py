@@ -16,10 +16,11 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from vit_parity import packing
-from vit_parity.config import records_config
-from vit_parity.validate import as_tuple, check_divisible
-from vit_torch.layers import Attention, Intermediates, PatchEmbed, Transformer, patchify
+from vit_parity.core import packing
+from vit_parity.core.config import records_config
+from vit_parity.core.features import Features
+from vit_parity.core.validate import as_tuple, check_divisible
+from vit_torch.layers import Attention, PatchEmbed, Transformer, patchify, with_features
 
 __all__ = ["NaViT"]
 
@@ -65,6 +66,7 @@ class NaViTBase(nn.Module):
         self.dropout = nn.Dropout(emb_dropout)
         self.transformer = Transformer(dim, depth, heads, dim_head, mlp_dim, dropout, out_bias=False, qk_norm=True)
         self.attn_pool_queries = nn.Parameter(torch.randn(dim))
+        self.attn_pool_norm = nn.LayerNorm(dim)
         self.attn_pool = Attention(dim, heads, dim_head, out_bias=False, qk_norm=True)
         self.head_norm = nn.LayerNorm(dim)
         self.mlp_head = nn.Linear(dim, num_classes, bias=False)
@@ -122,8 +124,14 @@ class NaViTBase(nn.Module):
             x = x + getattr(self, _POS_NAMES[axis])[pos[:, a]]
         return x
 
-    def head(self, pooled: Tensor) -> Tensor:
-        return self.mlp_head(self.head_norm(pooled))
+    def pool(self, queries: Tensor, tokens: Tensor, mask: Tensor | None = None) -> Tensor:
+        """Attention pooling: the normalized learned ``queries`` attend to ``tokens``, plus a residual."""
+        return self.attn_pool(self.attn_pool_norm(queries), mask, context=tokens) + queries
+
+    def head(self, pooled: Tensor, features: Features | None) -> Tensor | tuple[Tensor, dict[str, Tensor]]:
+        if features is not None:
+            features.add("pre_logits", pooled)
+        return with_features(self.mlp_head(self.head_norm(pooled)), features)
 
 
 def _coords(grid: tuple[int, ...], device: torch.device) -> Tensor:
@@ -176,8 +184,9 @@ class NaViT(NaViTBase):
         group_max_seq_len: int = 2048,
         *,
         keep: Sequence[Any] | None = None,
-        intermediates: Intermediates | None = None,
-    ) -> Tensor:
+        return_features: bool | Sequence[str | int] = False,
+        return_attn: bool = False,
+    ) -> Tensor | tuple[Tensor, dict[str, Tensor]]:
         if group_images:
             images, flat_keep = list(batched_images), keep
         else:
@@ -191,9 +200,12 @@ class NaViT(NaViTBase):
         else:
             starts = itertools.accumulate((len(g) for g in groups), initial=0)
             layout = packing.grouped([range(a, b) for a, b in itertools.pairwise(starts)], lengths)
-        return self.packed(self.embed(patches, coords), layout, intermediates)
+        features = Features.request(return_features, return_attn)
+        return self.packed(self.embed(patches, coords), layout, features)
 
-    def packed(self, tokens: Tensor, layout: packing.Packing, intermediates: Intermediates | None = None) -> Tensor:
+    def packed(
+        self, tokens: Tensor, layout: packing.Packing, features: Features | None = None
+    ) -> Tensor | tuple[Tensor, dict[str, Tensor]]:
         """Logits of the images whose embedded tokens ``(sum n_i, dim)`` (input order) ``layout`` packs."""
         device = tokens.device
         s, n, m = len(layout.groups), layout.longest, layout.max_images
@@ -202,14 +214,14 @@ class NaViT(NaViTBase):
         segment = torch.from_numpy(layout.segment_ids(n)).to(device)
         x = self.dropout(x)
         # a token attends to the tokens of its own image (padding to padding: no empty rows)
-        x = self.transformer(x, segment[:, None, :, None] == segment[:, None, None, :], intermediates)
+        x = self.transformer(x, segment[:, None, :, None] == segment[:, None, None, :], features=features)
         slots = torch.arange(1, m + 1, device=device)
         pool_mask = slots[None, :, None] == segment[:, None, :]
         pool_mask = pool_mask | ~pool_mask.any(-1, keepdim=True)  # empty slots: finite, then dropped
         queries = self.attn_pool_queries.expand(s, m, -1)
-        pooled = self.attn_pool(queries, pool_mask[:, None], context=x) + queries
+        pooled = self.pool(queries, x, pool_mask[:, None])
         seq, slot = (torch.from_numpy(a).to(device) for a in layout.slots())
-        return self.head(pooled[seq, slot])
+        return self.head(pooled[seq, slot], features)
 
 
 def _check_groups(batched: Any, name: str = "batched_images") -> list[list[Any]]:

@@ -7,18 +7,30 @@ attention runs through the fused ``scaled_dot_product_attention`` per image.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from vit_parity.config import records_config
-from vit_parity.validate import as_tuple
-from vit_torch.layers import Intermediates
+from vit_parity.core.config import records_config
+from vit_parity.core.features import Features
+from vit_parity.core.validate import as_tuple
 from vit_torch.na_vit import NaViTBase, TokenDropout
 
 __all__ = ["NaViT"]
+
+
+class _QuietJaggedConstruction(logging.Filter):
+    """torch's ``nested_tensor_from_jagged`` asks ``is_fx_tracing()``, which logs a deprecation note on every
+    first call outside tracing; the note concerns torch internals, not this model's use."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("is_fx_tracing will return true")
+
+
+logging.getLogger("torch.fx._symbolic_trace").addFilter(_QuietJaggedConstruction())
 
 
 class NestedNaViTBase(NaViTBase):
@@ -29,9 +41,10 @@ class NestedNaViTBase(NaViTBase):
         images: Sequence[Tensor],
         *,
         keep: Sequence[Any] | None = None,
-        intermediates: Intermediates | None = None,
-    ) -> Tensor:
-        if intermediates is not None and intermediates.with_attn:
+        return_features: bool | Sequence[str | int] = False,
+        return_attn: bool = False,
+    ) -> Tensor | tuple[Tensor, dict[str, Tensor]]:
+        if return_attn:
             raise ValueError(
                 "attention maps are not recorded on nested tensors; vit_torch.na_vit.NaViT (same weights) records them"
             )
@@ -41,12 +54,13 @@ class NestedNaViTBase(NaViTBase):
         x = self.embed(patches, coords)
         offsets = torch.tensor([0, *(len(p) for p in patches)], device=x.device).cumsum(0)
         x = self.dropout(torch.nested.nested_tensor_from_jagged(x, offsets))
-        x = self.transformer(x, intermediates=intermediates)
+        features = Features.request(return_features, return_attn)
+        x = self.transformer(x, features=features)
         n = len(patches)
         queries = self.attn_pool_queries.expand(n, -1)
         one_each = torch.arange(n + 1, device=x.device)
-        pooled = self.attn_pool(torch.nested.nested_tensor_from_jagged(queries.contiguous(), one_each), context=x)
-        return self.head(pooled.values() + queries)
+        pooled = self.pool(torch.nested.nested_tensor_from_jagged(queries.contiguous(), one_each), x)
+        return self.head(pooled.values(), features)
 
 
 @records_config

@@ -6,8 +6,8 @@ of frame-and-space patches with factorized positions over frames, height and wid
 
 from __future__ import annotations
 
-from vit_parity.config import records_config
-from vit_parity.validate import as_tuple
+from vit_parity.core.config import records_config
+from vit_parity.core.validate import as_tuple
 from vit_torch.na_vit import TokenDropout
 from vit_torch.na_vit_nested_tensor import NestedNaViTBase
 

@@ -6,9 +6,10 @@ from collections.abc import Sequence
 
 from torch import Tensor, nn
 
-from vit_parity.config import records_config
-from vit_parity.validate import check_input, image_geometry
-from vit_torch.layers import Intermediates, PatchEmbed, Transformer, crop_grid, sincos_posemb
+from vit_parity.core.config import records_config
+from vit_parity.core.features import Features
+from vit_parity.core.validate import check_input, image_geometry
+from vit_torch.layers import PatchEmbed, Transformer, crop_grid, sincos_posemb, with_features
 from vit_torch.vit import IMAGE_AXES
 
 __all__ = ["SimpleViT"]
@@ -45,15 +46,20 @@ class SinCosViT(nn.Module):
         self.transformer = Transformer(dim, depth, heads, dim_head, mlp_dim, out_bias=False)
         self.linear_head = nn.Linear(dim, num_classes)
 
-    def forward(self, x: Tensor, intermediates: Intermediates | None = None) -> Tensor:
+    def forward(
+        self, x: Tensor, *, return_features: bool | Sequence[str | int] = False, return_attn: bool = False
+    ) -> Tensor | tuple[Tensor, dict[str, Tensor]]:
+        features = Features.request(return_features, return_attn)
         check_input(
             x.shape, name=self.input_name, channels_last=False, channels=self.channels,
             max_size=self.size, patch=self.patch_size, axis_names=self.axis_names,
         )  # fmt: skip
         x, grid = self.to_patch_embedding(x)
         x = x + crop_grid(self.pos_embedding, self.grid, grid)
-        x = self.transformer(x, intermediates=intermediates)
-        return self.linear_head(x.mean(dim=1))
+        x = self.transformer(x, features=features).mean(dim=1)
+        if features is not None:
+            features.add("pre_logits", x)
+        return with_features(self.linear_head(x), features)
 
 
 @records_config

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from vit_parity.config import records_config
-from vit_parity.validate import video_geometry
+from vit_parity.core.config import records_config
+from vit_parity.core.validate import video_geometry
 from vit_torch.simple_vit import SinCosViT
 from vit_torch.vit_3d import VIDEO_AXES
 

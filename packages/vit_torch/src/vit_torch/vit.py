@@ -8,9 +8,10 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from vit_parity.config import records_config
-from vit_parity.validate import check_choice, check_input, image_geometry
-from vit_torch.layers import Intermediates, PatchEmbed, Transformer, crop_grid
+from vit_parity.core.config import records_config
+from vit_parity.core.features import Features
+from vit_parity.core.validate import check_choice, check_input, image_geometry
+from vit_torch.layers import PatchEmbed, Transformer, crop_grid, with_features
 
 __all__ = ["ViT"]
 
@@ -55,7 +56,10 @@ class ClassTokenViT(nn.Module):
         self.transformer = Transformer(dim, depth, heads, dim_head, mlp_dim, dropout)
         self.mlp_head = nn.Linear(dim, num_classes)
 
-    def forward(self, x: Tensor, intermediates: Intermediates | None = None) -> Tensor:
+    def forward(
+        self, x: Tensor, *, return_features: bool | Sequence[str | int] = False, return_attn: bool = False
+    ) -> Tensor | tuple[Tensor, dict[str, Tensor]]:
+        features = Features.request(return_features, return_attn)
         check_input(
             x.shape, name=self.input_name, channels_last=False, channels=self.channels,
             max_size=self.size, patch=self.patch_size, axis_names=self.axis_names,
@@ -64,9 +68,11 @@ class ClassTokenViT(nn.Module):
         x = x + crop_grid(self.pos_embedding[:, 1:], self.grid, grid)
         cls = (self.cls_token + self.pos_embedding[:, :1]).expand(x.shape[0], -1, -1)
         x = self.dropout(torch.cat((cls, x), dim=1))
-        x = self.transformer(x, intermediates=intermediates)
+        x = self.transformer(x, features=features)
         x = x[:, 0] if self.pool == "cls" else x.mean(dim=1)
-        return self.mlp_head(x)
+        if features is not None:
+            features.add("pre_logits", x)
+        return with_features(self.mlp_head(x), features)
 
 
 @records_config

@@ -3,61 +3,43 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from vit_parity.config import records_config
-from vit_parity.validate import check_choice, check_input, video_geometry
-from vit_torch.layers import Attention, FeedForward, Intermediates, PatchEmbed, Transformer, crop_grid
+from vit_parity.core.config import records_config
+from vit_parity.core.facts import vivit
+from vit_parity.core.features import Features
+from vit_parity.core.validate import check_input, video_geometry
+from vit_torch.layers import Attention, Block, PatchEmbed, Transformer, crop_grid, with_features
 from vit_torch.vit_3d import VIDEO_AXES
 
 __all__ = ["ViT"]
 
-VARIANTS = ("factorized_encoder", "factorized_self_attention")
 
+class FactorizedBlock(Block):
+    """A :class:`~vit_torch.layers.Block` whose attention is factorized, on ``(b, f, n, d)`` tokens: over the
+    ``n`` tokens of each frame group (``norm1``, ``attn``), then over the ``f`` frame groups at each spatial
+    position (``temporal_norm``, ``temporal_attn``), then the MLP (``norm2``, ``ff``)."""
 
-class FactorizedBlock(nn.Module):
-    """One block of factorized self-attention on ``(b, f, n, d)`` tokens: attention over the ``n`` tokens of
-    each frame group, then over the ``f`` frame groups at each spatial position, then the MLP."""
+    def __init__(self, dim: int, heads: int, dim_head: int, mlp_dim: int, dropout: float = 0.0, **options: Any) -> None:
+        super().__init__(dim, heads, dim_head, mlp_dim, dropout, **options)
+        self.temporal_norm = nn.LayerNorm(dim)
+        self.temporal_attn = Attention(dim, heads, dim_head, dropout)
 
-    def __init__(self, spatial_attn: Attention, temporal_attn: Attention, ff: FeedForward) -> None:
-        super().__init__()
-        self.spatial_attn = spatial_attn
-        self.temporal_attn = temporal_attn
-        self.ff = ff
-
-    def forward(self, x: Tensor, intermediates: Intermediates | None = None) -> Tensor:
+    def forward(self, x: Tensor, mask: Tensor | None = None, *, return_attn: bool = False) -> Any:
         b, f, n, d = x.shape
         x = x.reshape(b * f, n, d)
-        x = x + self.spatial_attn(x, None, intermediates)
+        spatial = self.attn(self.norm1(x), return_attn=return_attn)
+        x = x + (spatial[0] if return_attn else spatial)
         x = x.reshape(b, f, n, d).transpose(1, 2).reshape(b * n, f, d)
-        x = x + self.temporal_attn(x, None, intermediates)
-        x = x + self.ff(x)
-        return x.reshape(b, n, f, d).transpose(1, 2)
-
-
-class FactorizedTransformer(nn.Module):
-    """A stack of :class:`FactorizedBlock` followed by a final LayerNorm; takes and returns ``(b, f, n, d)``."""
-
-    def __init__(self, dim: int, depth: int, heads: int, dim_head: int, mlp_dim: int, dropout: float = 0.0) -> None:
-        super().__init__()
-        self.blocks = nn.ModuleList(
-            FactorizedBlock(
-                Attention(dim, heads, dim_head, dropout),
-                Attention(dim, heads, dim_head, dropout),
-                FeedForward(dim, mlp_dim, dropout),
-            )
-            for _ in range(depth)
-        )
-        self.norm = nn.LayerNorm(dim)
-
-    def forward(self, x: Tensor, intermediates: Intermediates | None = None) -> Tensor:
-        for block in self.blocks:
-            x = block(x, intermediates)
-            if intermediates is not None:
-                intermediates.blocks.append(x)
-        return self.norm(x)
+        temporal = self.temporal_attn(self.temporal_norm(x), return_attn=return_attn)
+        x = x + (temporal[0] if return_attn else temporal)
+        x = x + self.ff(self.norm2(x))
+        x = x.reshape(b, n, f, d).transpose(1, 2)
+        return (x, {"spatial": spatial[1], "temporal": temporal[1]}) if return_attn else x
 
 
 @records_config
@@ -94,13 +76,7 @@ class ViT(nn.Module):
     ) -> None:
         super().__init__()
         self.size, self.patch_size = video_geometry(image_size, image_patch_size, frames, frame_patch_size)
-        check_choice(pool, ("cls", "mean"), "pool")
-        check_choice(variant, VARIANTS, "variant")
-        if variant == "factorized_self_attention" and spatial_depth != temporal_depth:
-            raise ValueError(
-                "variant='factorized_self_attention' alternates spatial and temporal attention in each block, so "
-                f"spatial_depth and temporal_depth must be equal, got {spatial_depth} and {temporal_depth}"
-            )
+        vivit.check_arguments(pool=pool, variant=variant, spatial_depth=spatial_depth, temporal_depth=temporal_depth)
         self.pool = pool
         self.variant = variant
         self.channels = channels
@@ -115,10 +91,15 @@ class ViT(nn.Module):
             self.spatial_transformer = Transformer(dim, spatial_depth, heads, dim_head, mlp_dim, dropout)
             self.temporal_transformer = Transformer(dim, temporal_depth, heads, dim_head, mlp_dim, dropout)
         else:
-            self.factorized_transformer = FactorizedTransformer(dim, spatial_depth, heads, dim_head, mlp_dim, dropout)
+            self.factorized_transformer = Transformer(
+                dim, spatial_depth, heads, dim_head, mlp_dim, dropout, block=FactorizedBlock
+            )
         self.mlp_head = nn.Linear(dim, num_classes)
 
-    def forward(self, video: Tensor, intermediates: Intermediates | None = None) -> Tensor:
+    def forward(
+        self, video: Tensor, *, return_features: bool | Sequence[str | int] = False, return_attn: bool = False
+    ) -> Tensor | tuple[Tensor, dict[str, Tensor]]:
+        features = Features.request(return_features, return_attn)
         check_input(
             video.shape, name="video", channels_last=False, channels=self.channels,
             max_size=self.size, patch=self.patch_size, axis_names=VIDEO_AXES,
@@ -134,13 +115,15 @@ class ViT(nn.Module):
         cls = self.pool == "cls"
 
         if self.variant == "factorized_encoder":
-            x = self.spatial_transformer(x.flatten(0, 1), intermediates=intermediates).unflatten(0, (b, f))
+            x = self.spatial_transformer(x.flatten(0, 1), features=features, prefix="spatial/").unflatten(0, (b, f))
             x = x[:, :, 0] if cls else x.mean(dim=2)
             if self.temporal_cls_token is not None:
                 x = torch.cat((self.temporal_cls_token.expand(b, 1, d), x), dim=1)
-            x = self.temporal_transformer(x, intermediates=intermediates)
+            x = self.temporal_transformer(x, features=features, prefix="temporal/")
             x = x[:, 0] if cls else x.mean(dim=1)
         else:
-            x = self.factorized_transformer(x, intermediates=intermediates)
+            x = self.factorized_transformer(x, features=features)
             x = x[:, 0, 0] if cls else x.mean(dim=(1, 2))
-        return self.mlp_head(x)
+        if features is not None:
+            features.add("pre_logits", x)
+        return with_features(self.mlp_head(x), features)

@@ -15,7 +15,7 @@ scikit-learn and Pillow are optional (``pip install 'vit-parity[data]'``) and im
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,12 +27,11 @@ __all__ = [
     "DataError",
     "Dataset",
     "Preprocess",
-    "batches",
+    "accepted_inputs",
     "digits",
     "digits_video",
     "folder",
     "load",
-    "random_shift",
     "read_sample",
     "resize",
     "shapes_volume",
@@ -150,32 +149,6 @@ def resize(x: np.ndarray, size: Sequence[int]) -> np.ndarray:
     return out.astype(np.float32)
 
 
-def random_shift(x: np.ndarray, max_shift: int, rng: np.random.Generator) -> np.ndarray:
-    """Translate every sample by up to ``max_shift`` pixels along height and width, filling with zeros."""
-    if max_shift <= 0:
-        return x
-    n, h, w = x.shape[0], x.shape[-2], x.shape[-1]
-    pad = [(0, 0)] * (x.ndim - 2) + [(max_shift, max_shift)] * 2
-    padded = np.pad(x, pad)
-    out = np.empty_like(x)
-    dy, dx = rng.integers(0, 2 * max_shift + 1, size=(2, n))
-    for i in range(n):
-        out[i] = padded[i, ..., dy[i] : dy[i] + h, dx[i] : dx[i] + w]
-    return out
-
-
-def batches(
-    n: int, batch_size: int, *, rng: np.random.Generator | None = None, drop_last: bool = False
-) -> Iterator[np.ndarray]:
-    """Index arrays of consecutive batches over ``range(n)``, shuffled when ``rng`` is given."""
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be positive, got {batch_size}")
-    order = rng.permutation(n) if rng is not None else np.arange(n)
-    stop = n - n % batch_size if drop_last else n
-    for start in range(0, stop, batch_size):
-        yield order[start : start + batch_size]
-
-
 # ------------------------------------------------------------------------------------- built-in datasets
 
 
@@ -285,11 +258,15 @@ def _read_image(path: Path, mode: str | None, size: Sequence[int] | None) -> np.
     return arr[None] if arr.ndim == 2 else np.moveaxis(arr, -1, 0)
 
 
-def _read_array(path: Path) -> np.ndarray:
+def _load_array(path: Path) -> np.ndarray:
     try:
-        arr = np.load(path, allow_pickle=False)
+        return np.load(path, allow_pickle=False)
     except (OSError, ValueError) as err:
         raise DataError(f"cannot read array {path} ({err}); remove or replace the file") from None
+
+
+def _read_array(path: Path) -> np.ndarray:
+    arr = _load_array(path)
     if not np.issubdtype(arr.dtype, np.number) or arr.ndim not in (2, 3, 4):
         raise DataError(
             f"array {path} has shape {arr.shape} and dtype {arr.dtype}; expected numbers shaped (h, w), "
@@ -446,29 +423,42 @@ class Preprocess:
             raise DataError(f"the checkpoint's preprocessing record is incomplete ({err!r})") from None
 
 
+def accepted_inputs(pre: Preprocess) -> str:
+    """What :func:`read_sample` takes for a model with preprocessing ``pre``, in words (for error messages)."""
+    shape = (pre.channels, *pre.size)
+    arrays = f".npy arrays shaped {shape} (channels first)"
+    if pre.channels == 1:
+        arrays += f" or {tuple(pre.size)}"
+    arrays += ", other sizes resized"
+    if len(pre.size) == 2 and pre.channels in (1, 3):
+        return f"{'/'.join(IMAGE_SUFFIXES)} images or {arrays}"
+    return arrays
+
+
 def read_sample(path: str | os.PathLike[str], pre: Preprocess) -> np.ndarray:
     """One raw sample file (image or ``.npy``) as ``(c, *pre.size)`` float32, ready for ``pre(...)``.
 
     Images are converted to the checkpoint's channels (grayscale or RGB) and resized; arrays are
-    ``(*spatial)`` for one channel or ``(c, *spatial)`` and are resized to ``pre.size``.
+    ``(*spatial)`` for one channel or ``(c, *spatial)`` and are resized to ``pre.size``. Every error
+    names the file and what this model accepts (:func:`accepted_inputs`).
     """
     p = Path(path)
     if not p.is_file():
         raise DataError(f"input file {p} not found")
     suffix = p.suffix.lower()
+    shape = (pre.channels, *pre.size)
+    accepts = f"this checkpoint accepts {accepted_inputs(pre)}"
     if suffix in IMAGE_SUFFIXES:
-        if len(pre.size) != 2:
-            raise DataError(f"{p} is an image but the model takes samples shaped {pre.size}; pass a .npy array")
-        if pre.channels not in (1, 3):
-            raise DataError(f"{p} is an image but the model takes {pre.channels} channels; pass a .npy array")
+        if len(pre.size) != 2 or pre.channels not in (1, 3):
+            raise DataError(f"{p} is an image but the model takes samples shaped {shape}; {accepts}")
         return _read_image(p, "L" if pre.channels == 1 else "RGB", pre.size)
     if suffix in ARRAY_SUFFIXES:
-        arr = _read_array(p)
+        arr = _load_array(p)
+        if not np.issubdtype(arr.dtype, np.number):
+            raise DataError(f"array {p} holds {arr.dtype}, not numbers; {accepts}")
         if arr.ndim == len(pre.size) and pre.channels == 1:
             arr = arr[None]
         if arr.ndim != len(pre.size) + 1 or arr.shape[0] != pre.channels:
-            raise DataError(
-                f"array {p} has shape {arr.shape}; the model takes {(pre.channels, *pre.size)} (channels first)"
-            )
-        return resize(arr, pre.size)
-    raise DataError(f"{p}: unsupported file type {suffix!r}; use {', '.join(IMAGE_SUFFIXES + ARRAY_SUFFIXES)}")
+            raise DataError(f"array {p} has shape {arr.shape}; the model takes {shape}; {accepts}")
+        return resize(arr.astype(np.float32), pre.size)
+    raise DataError(f"{p}: unsupported file type {suffix!r}; {accepts}")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from vit_parity.spec import ArchSpec, Case, image, register
+from vit_parity.core.spec import ArchSpec, Case, image, register
 
 _SMALL = dict(num_classes=10, dim=64, depth=2, heads=4, mlp_dim=128, dim_head=16)
 

@@ -8,6 +8,23 @@ from typing import Any
 
 # Arguments that belong to the runtime, not to the architecture.
 _RUNTIME_ARGS = ("rngs", "dtype", "param_dtype")
+# How a constructor argument that is itself a model (a wrapper's encoder) is recorded.
+MODEL_KEY = "__model__"
+
+
+def model_record(value: Any) -> Any:
+    """A model argument as ``{"__model__": registry name, "config": its config}``; other values unchanged.
+
+    A wrapper's checkpoint so records its encoder by architecture and constructor arguments, which both
+    backends rebuild (:func:`vit_parity.core.spec.build_models`).
+    """
+    config = getattr(value, "config", None)
+    if not isinstance(config, dict) or isinstance(value, (dict, type)):
+        return value
+    from vit_parity.core import spec  # the registry imports this module
+
+    name = spec.registered_name(type(value))
+    return value if name is None else {MODEL_KEY: name, "config": dict(config)}
 
 
 def records_config(cls: type) -> type:
@@ -30,7 +47,7 @@ def records_config(cls: type) -> type:
                 if signature.parameters[name].kind is inspect.Parameter.VAR_KEYWORD:
                     config.update(value)
                 else:
-                    config[name] = value
+                    config[name] = model_record(value)
             self.config = {k: v for k, v in config.items() if k not in _RUNTIME_ARGS}
 
     cls.__init__ = wrapped

@@ -6,13 +6,14 @@ Needs both vit_torch and vit_flax. Compares the logits and every transformer blo
 from __future__ import annotations
 
 import contextlib
+import inspect
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from vit_parity.spec import ArchSpec, Case, map_arrays
+from vit_parity.core.spec import ArchSpec, Case, map_arrays, output_leaves
 
 RTOL = 1e-5
 ATOL = 1e-5
@@ -26,22 +27,28 @@ class Diff:
     max_abs: float
     max_rel: float
     ok: bool
+    margin: float = float("inf")  # the largest |got - want| / (atol + rtol * |want|): ok when <= 1
 
 
 def compare(name: str, got: np.ndarray, want: np.ndarray, rtol: float = RTOL, atol: float = ATOL) -> Diff:
     """``ok`` when ``|got - want| <= atol + rtol * |want|`` everywhere.
 
-    ``max_rel`` is the largest ``|got - want| / (|want| + atol)``.
+    ``max_rel`` is the largest ``|got - want| / (|want| + atol)``; ``margin`` the largest
+    ``|got - want| / (atol + rtol * |want|)``, the share of the tolerance used (``ok`` when at most 1).
     """
     got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
     if got.shape != want.shape:
         return Diff(f"{name} shape {got.shape} vs {want.shape}", float("inf"), float("inf"), False)
     err = np.abs(got - want)
+    tol = atol + rtol * np.abs(want)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        margin = np.where(err == 0, 0.0, err / tol)
     return Diff(
         name,
         float(err.max(initial=0.0)),
         float((err / (np.abs(want) + atol)).max(initial=0.0)),
-        bool(np.all(err <= atol + rtol * np.abs(want))),
+        bool(np.all(err <= tol)),
+        float(margin.max(initial=0.0)),
     )
 
 
@@ -69,11 +76,17 @@ def build_pair(spec: ArchSpec, case: Case, seed: int = 0) -> tuple[Any, Any]:
     from vit_torch.checkpoint import to_checkpoint
 
     torch.manual_seed(seed)
-    torch_model = spec.load_class("torch")(**case.config).eval()
-    flax_model = spec.load_class("flax")(**case.config, rngs=nnx.Rngs(seed))
+    torch_model = case.build("torch", spec.load_class("torch")).eval()
+    flax_model = case.build("flax", spec.load_class("flax"), rngs=nnx.Rngs(seed))
     load_state(flax_model, to_checkpoint(torch_model))
     flax_model.eval()
     return torch_model, flax_model
+
+
+def takes_features(model: Any) -> bool:
+    """Whether ``model`` returns labelled features (every registry model does; a wrapper may not)."""
+    call = model.forward if hasattr(model, "forward") else model.__call__
+    return "return_features" in inspect.signature(call).parameters
 
 
 def run_case(
@@ -85,27 +98,34 @@ def run_case(
     atol: float = ATOL,
     tamper: Callable[[Any], None] | None = None,
 ) -> list[Diff]:
-    """Compare logits and block outputs of both backends on ``case``; ``tamper`` may alter the flax model."""
+    """Compare the logits and every labelled feature (each block's output, pre-logits) of both backends on
+    ``case``; ``tamper`` may alter the flax model."""
     import jax.numpy as jnp
     import torch
-
-    import vit_flax.layers as flax_layers
-    import vit_torch.layers as torch_layers
 
     torch_model, flax_model = build_pair(spec, case, seed)
     if tamper is not None:
         tamper(flax_model)
     t_in = map_arrays(torch.from_numpy, case.sample("torch", seed))
     f_in = map_arrays(jnp.asarray, case.sample("flax", seed))
-    t_inter, f_inter = torch_layers.Intermediates(), flax_layers.Intermediates()
+    features = takes_features(torch_model)
     with strict_float32(), torch.no_grad():
-        t_out = torch_model(*t_in, intermediates=t_inter)
-        f_out = flax_model(*f_in, intermediates=f_inter)
-    logits = (np.asarray(case.logits("flax", f_in, f_out)), case.logits("torch", t_in, t_out).numpy())
-    diffs = [compare("logits", *logits, rtol, atol)]
-    if len(t_inter.blocks) != len(f_inter.blocks):
-        diffs.append(Diff(f"blocks: torch {len(t_inter.blocks)} vs flax {len(f_inter.blocks)}", np.inf, np.inf, False))
-    for i, (t, f) in enumerate(zip(t_inter.blocks, f_inter.blocks)):
-        got, want = np.asarray(case.tokens("flax", f_in, f)), case.tokens("torch", t_in, t).numpy()
-        diffs.append(compare(f"block {i}", got, want, rtol, atol))
+        t_out, t_feats = torch_model(*t_in, return_features=True) if features else (torch_model(*t_in), {})
+        f_out, f_feats = flax_model(*f_in, return_features=True) if features else (flax_model(*f_in), {})
+    t_leaves = output_leaves(case.logits("torch", t_in, t_out))
+    f_leaves = output_leaves(case.logits("flax", f_in, f_out))
+    t_labels, f_labels = [k for k, _ in t_leaves], [k for k, _ in f_leaves]
+    if t_labels != f_labels:
+        return [Diff(f"outputs: torch {t_labels} vs flax {f_labels}", np.inf, np.inf, False)]
+    diffs = [
+        compare("logits" if label == "output" else label, np.asarray(f), np.asarray(t), rtol, atol)
+        for (label, t), (_, f) in zip(t_leaves, f_leaves)
+    ]
+    if list(t_feats) != list(f_feats):
+        diffs.append(Diff(f"features: torch {list(t_feats)} vs flax {list(f_feats)}", np.inf, np.inf, False))
+    for label in t_feats:
+        if label in f_feats:
+            got = np.asarray(case.feature("flax", f_in, label, f_feats[label]))
+            want = np.asarray(case.feature("torch", t_in, label, t_feats[label]))
+            diffs.append(compare(label, got, want, rtol, atol))
     return diffs

@@ -5,7 +5,7 @@ Cases stay few and small: every flax case compiles its own forward and backward 
 
 from __future__ import annotations
 
-from vit_parity.spec import ArchSpec, Case, register, video
+from vit_parity.core.spec import ArchSpec, Case, register, video
 
 _SMALL = dict(num_classes=10, dim=32, depth=1, heads=2, mlp_dim=64, dim_head=16)
 _TUBELET = dict(image_size=16, frames=4, image_patch_size=8, frame_patch_size=2)  # non-cubic: 2 x 8 x 8

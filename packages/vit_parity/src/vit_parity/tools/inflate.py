@@ -1,6 +1,6 @@
 """Inflate a 2D image checkpoint into a video model ("ViViT", Arnab et al., 2021, Sec. 3.4), framework-free.
 
-Works on :class:`vit_parity.checkpoint.Checkpoint` objects in either layout, with numpy only, so the result
+Works on :class:`vit_parity.core.checkpoint.Checkpoint` objects in either layout, with numpy only, so the result
 loads in both backends. A ``vit`` checkpoint inflates into ``vit_3d`` or ``vivit``, a ``simple_vit``
 checkpoint into ``simple_vit_3d``:
 
@@ -30,31 +30,14 @@ from typing import Any
 
 import numpy as np
 
-from vit_parity.checkpoint import Checkpoint
-from vit_parity.validate import as_tuple, check_choice, video_geometry
+from vit_parity.core.checkpoint import Checkpoint
+from vit_parity.core.facts import signature, vivit
+from vit_parity.core.validate import as_tuple, check_choice, video_geometry
 
 __all__ = ["METHODS", "TARGETS", "inflate", "resize_grid"]
 
 METHODS = ("average", "central")
 TARGETS = {"vit": ("vit_3d", "vivit"), "simple_vit": ("simple_vit_3d",)}
-VARIANTS = ("factorized_encoder", "factorized_self_attention")
-
-# Constructor arguments of each target with their defaults (None: required); the source fills what it can.
-_SIGNATURES: dict[str, dict[str, Any]] = {
-    "vit_3d": dict(
-        image_size=None, image_patch_size=None, frames=None, frame_patch_size=None, num_classes=None, dim=None,
-        depth=None, heads=None, mlp_dim=None, pool="cls", channels=3, dim_head=64, dropout=0.0, emb_dropout=0.0,
-    ),
-    "simple_vit_3d": dict(
-        image_size=None, image_patch_size=None, frames=None, frame_patch_size=None, num_classes=None, dim=None,
-        depth=None, heads=None, mlp_dim=None, channels=3, dim_head=64,
-    ),
-    "vivit": dict(
-        image_size=None, image_patch_size=None, frames=None, frame_patch_size=None, num_classes=None, dim=None,
-        spatial_depth=None, temporal_depth=None, heads=None, mlp_dim=None, pool="cls", channels=3, dim_head=64,
-        dropout=0.0, emb_dropout=0.0, variant="factorized_encoder",
-    ),
-}  # fmt: skip
 # Arguments that fix the shape of copied weights: they must equal the source's.
 _FIXED = ("dim", "heads", "dim_head", "mlp_dim", "channels", "image_patch_size")
 
@@ -80,12 +63,12 @@ def resize_grid(grid: np.ndarray, size: tuple[int, ...]) -> np.ndarray:
 
 
 def _target_config(src: Checkpoint, arch: str, overrides: Mapping[str, Any]) -> dict[str, Any]:
-    signature = _SIGNATURES[arch]
-    unknown = sorted(set(overrides) - set(signature))
+    target = signature(arch)  # the constructor arguments of arch, with their defaults
+    unknown = sorted(set(overrides) - set(target.names))
     if unknown:
-        raise ValueError(f"unknown {arch} argument(s) {unknown}; {arch} takes {sorted(signature)}")
+        raise ValueError(f"unknown {arch} argument(s) {unknown}; {arch} takes {sorted(target.names)}")
     c2 = src.config
-    base = {k: c2[k] for k in signature if k in c2}
+    base = {k: c2[k] for k in target.names if k in c2}
     base["image_patch_size"] = c2["patch_size"]
     base["channels"] = c2.get("channels", 3)
     base["dim_head"] = c2.get("dim_head", 64)
@@ -93,8 +76,8 @@ def _target_config(src: Checkpoint, arch: str, overrides: Mapping[str, Any]) -> 
         base.pop("depth", None)
         base["spatial_depth"] = c2["depth"]
         base["temporal_depth"] = overrides.get("spatial_depth", c2["depth"])
-    config = {**{k: v for k, v in signature.items() if v is not None}, **base, **overrides}
-    missing = [k for k in signature if config.get(k) is None]
+    config = {**target.defaults, **base, **overrides}
+    missing = [k for k in target.required if config.get(k) is None]
     if missing:
         raise ValueError(f"inflating into {arch} needs {missing}")
     for key in _FIXED:
@@ -108,12 +91,10 @@ def _target_config(src: Checkpoint, arch: str, overrides: Mapping[str, Any]) -> 
     if config[depth_key] != c2["depth"]:
         raise ValueError(f"{depth_key}={config[depth_key]} differs from the source checkpoint's depth {c2['depth']}")
     if arch == "vivit":
-        check_choice(config["variant"], VARIANTS, "variant")
-        if config["variant"] == "factorized_self_attention" and config["temporal_depth"] != config["spatial_depth"]:
-            raise ValueError(
-                "variant='factorized_self_attention' needs temporal_depth == spatial_depth, got "
-                f"{config['temporal_depth']} and {config['spatial_depth']}"
-            )
+        vivit.check_arguments(
+            pool=config["pool"], variant=config["variant"],
+            spatial_depth=config["spatial_depth"], temporal_depth=config["temporal_depth"],
+        )  # fmt: skip
     video_geometry(config["image_size"], config["image_patch_size"], config["frames"], config["frame_patch_size"])
     return config
 
@@ -144,10 +125,9 @@ class _Init:
         self.kinds[path] = "param"
 
     def attention(self, path: str, dim: int, heads: int, dim_head: int, *, zero_out: bool) -> None:
-        """The shared Attention; ``zero_out``: its output is zero (a zero output projection, or zero values
-        when it has no projection, i.e. one head as wide as ``dim``)."""
+        """The shared Attention (its norm lives in the block); ``zero_out``: its output is zero (a zero output
+        projection, or zero values when it has no projection, i.e. one head as wide as ``dim``)."""
         inner = heads * dim_head
-        self.layernorm(f"{path}.norm", dim)
         self.linear(f"{path}.to_qkv", dim, 3 * inner, bias=False)
         if not (heads == 1 and dim_head == dim):
             self.linear(f"{path}.to_out", inner, dim, zero=zero_out)
@@ -156,8 +136,9 @@ class _Init:
 
     def transformer(self, path: str, depth: int, dim: int, heads: int, dim_head: int, mlp_dim: int) -> None:
         for i in range(depth):
+            self.layernorm(f"{path}.blocks.{i}.norm1", dim)
             self.attention(f"{path}.blocks.{i}.attn", dim, heads, dim_head, zero_out=False)
-            self.layernorm(f"{path}.blocks.{i}.ff.norm", dim)
+            self.layernorm(f"{path}.blocks.{i}.norm2", dim)
             self.linear(f"{path}.blocks.{i}.ff.fc1", dim, mlp_dim)
             self.linear(f"{path}.blocks.{i}.ff.fc2", mlp_dim, dim)
         self.layernorm(f"{path}.norm", dim)
@@ -268,14 +249,15 @@ def inflate(
                     init.param("temporal_cls_token", (1, 1, cfg["dim"]))
             else:
                 for i in range(cfg["spatial_depth"]):
-                    take(f"transformer.blocks.{i}.attn", f"factorized_transformer.blocks.{i}.spatial_attn")
-                    take(f"transformer.blocks.{i}.ff", f"factorized_transformer.blocks.{i}.ff")
+                    # the factorized block is the 2D block plus a temporal attention that starts at zero
+                    take(f"transformer.blocks.{i}", f"factorized_transformer.blocks.{i}")
+                    init.layernorm(f"factorized_transformer.blocks.{i}.temporal_norm", cfg["dim"])
                     init.attention(f"factorized_transformer.blocks.{i}.temporal_attn", *dims, zero_out=True)
                 take("transformer.norm", "factorized_transformer.norm")
         out.update(init.tensors)
         out_kinds.update(init.kinds)
 
-    full_config = {k: cfg[k] for k in _SIGNATURES[arch]}
+    full_config = {k: cfg[k] for k in signature(arch).names}
     extra = {"inflated_from": src.arch, "method": method, "seed": seed}
     result = Checkpoint(arch, full_config, "torch", dict(sorted(out_kinds.items())), out, extra)
     return result.to_layout(src.layout)

@@ -2,14 +2,22 @@
 
 ``config.json`` names the architecture, its constructor arguments, the tensor layout ('torch' or
 'flax') and the kind of every module, so a checkpoint converts without either framework and loads
-in both backends. Keys are dotted module paths. Writes are atomic: a folder is built beside the
-destination and renamed into place, so a failure leaves what was there before.
+in both backends. Keys are dotted module paths.
+
+Writes are atomic: the new folder is built beside the destination (``.NAME.tmp-PID-*``), the
+previous checkpoint is moved aside (``.NAME.old-PID-*``), the new folder is renamed into place and
+the old one removed. A failure puts the previous checkpoint back. A process killed between the two
+renames leaves the destination missing and the previous checkpoint aside: reading the destination
+(:func:`recover`, called by :func:`load` and :func:`read_config`) finds it there.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import re
+import secrets
 import shutil
 import tempfile
 from dataclasses import dataclass, field
@@ -19,8 +27,8 @@ from typing import Any
 import numpy as np
 from safetensors.numpy import load_file, save_file
 
-from vit_parity.config import from_json, to_json
-from vit_parity.convert import LAYOUTS, convert
+from vit_parity.core.config import from_json, to_json
+from vit_parity.core.convert import LAYOUTS, convert
 
 FORMAT = "vit-checkpoint"
 VERSION = 1
@@ -51,16 +59,85 @@ class Checkpoint:
         return Checkpoint(self.arch, self.config, layout, self.kinds, tensors, self.extra)
 
 
+def _leftovers(dst: Path, tag: str) -> list[tuple[Path, int]]:
+    """Folders a save to ``dst`` left beside it (``tag`` 'old' or 'tmp') with the id of the saving process."""
+    pattern = re.compile(rf"\.{re.escape(dst.name)}\.{tag}-(\d+)(?:-[a-z0-9_]+)?")
+    try:
+        entries = list(dst.parent.iterdir())
+    except OSError:
+        return []
+    return [(p, int(m.group(1))) for p in entries if (m := pattern.fullmatch(p.name)) and p.is_dir()]
+
+
+def _running(pid: int) -> bool:
+    """Whether process ``pid`` may still be running (True when that cannot be told)."""
+    if pid == os.getpid() or os.name == "nt":  # on Windows os.kill would terminate the process
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # exists, owned by someone else
+        return True
+    return True
+
+
+def _sweep(dst: Path) -> None:
+    """Remove what saves to ``dst`` by processes no longer running left beside it."""
+    for tag in ("old", "tmp"):
+        for p, pid in _leftovers(dst, tag):
+            if not _running(pid):
+                shutil.rmtree(p, ignore_errors=True)
+
+
+def recover(path: str | os.PathLike[str]) -> Path:
+    """The folder to read checkpoint ``path`` from: ``path`` itself, unless a save left it missing.
+
+    A save killed between moving the previous checkpoint aside and renaming the new one in leaves
+    ``path`` missing and the previous checkpoint beside it as ``.NAME.old-PID-*``. When process PID
+    is gone, the newest such folder is put back at ``path`` (and the dead saves' leftovers removed);
+    while it still runs (its save may yet finish) the folder is read where it lies.
+    """
+    dst = Path(path)
+    if dst.exists():
+        return dst
+    aside = []
+    for p, pid in _leftovers(dst, "old"):
+        try:
+            aside.append(((p / CONFIG).stat().st_mtime_ns, p, pid))
+        except OSError:
+            continue
+    aside = [item for item in aside if (item[1] / WEIGHTS).is_file()]
+    if not aside:
+        return dst
+    _, newest, pid = max(aside)
+    if _running(pid):
+        return newest
+    try:
+        os.replace(newest, dst)
+    except OSError:  # another reader put it back first, or a save renamed a new checkpoint in
+        return dst if dst.is_dir() else newest
+    _sweep(dst)
+    return dst
+
+
 def _replace_dir(tmp: Path, dst: Path) -> None:
     if dst.exists() and not dst.is_dir():
         raise CheckpointError(f"checkpoint path {dst} exists and is not a folder")
     old = None
     if dst.exists():
-        old = dst.with_name(f".{dst.name}.old-{os.getpid()}")
+        old = dst.with_name(f".{dst.name}.old-{os.getpid()}-{secrets.token_hex(4)}")
         os.replace(dst, old)
-    os.replace(tmp, dst)
+    try:
+        os.replace(tmp, dst)
+    except BaseException:
+        if old is not None:
+            with contextlib.suppress(OSError):  # if it stays aside, recover() finds it there
+                os.replace(old, dst)
+        raise
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
+    _sweep(dst)
 
 
 def save(ckpt: Checkpoint, path: str | os.PathLike[str]) -> Path:
@@ -78,7 +155,7 @@ def save(ckpt: Checkpoint, path: str | os.PathLike[str]) -> Path:
         "modules": dict(ckpt.kinds),
         **({"extra": ckpt.extra} if ckpt.extra else {}),
     }
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.tmp-", dir=dst.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.tmp-{os.getpid()}-", dir=dst.parent))
     try:
         tensors = {k: np.ascontiguousarray(v) for k, v in ckpt.tensors.items()}
         save_file(tensors, str(tmp / WEIGHTS), metadata={"format": FORMAT, "layout": ckpt.layout})
@@ -91,8 +168,11 @@ def save(ckpt: Checkpoint, path: str | os.PathLike[str]) -> Path:
 
 
 def read_config(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """The parsed ``config.json`` of a checkpoint folder, validated."""
-    src = Path(path)
+    """The parsed ``config.json`` of a checkpoint folder, validated (see :func:`recover`)."""
+    return _read_config(recover(path))
+
+
+def _read_config(src: Path) -> dict[str, Any]:
     cfg_path = src / CONFIG
     if not src.is_dir():
         raise CheckpointError(f"checkpoint {src} not found (expected a folder with {WEIGHTS} and {CONFIG})")
@@ -113,14 +193,15 @@ def read_config(path: str | os.PathLike[str]) -> dict[str, Any]:
 
 
 def load(path: str | os.PathLike[str], *, arch: str | None = None) -> Checkpoint:
-    """Read a checkpoint folder; with ``arch``, fail unless the checkpoint is of that architecture."""
-    meta = read_config(path)
+    """Read a checkpoint folder (see :func:`recover`); with ``arch``, fail unless it is of that architecture."""
+    src = recover(path)
+    meta = _read_config(src)
     if arch is not None and meta["arch"] != arch:
         raise CheckpointError(f"checkpoint {path} holds architecture {meta['arch']!r}, expected {arch!r}")
     try:
-        tensors = load_file(str(Path(path) / WEIGHTS))
+        tensors = load_file(str(src / WEIGHTS))
     except Exception as err:  # safetensors raises its own error types
-        raise CheckpointError(f"cannot read {Path(path) / WEIGHTS}: {err}") from None
+        raise CheckpointError(f"cannot read {src / WEIGHTS}: {err}") from None
     return Checkpoint(
         arch=meta["arch"],
         config=from_json(meta["config"]),

@@ -37,9 +37,19 @@ __all__ = [
 TokenDropout = float | Callable[..., float] | None
 
 
-def num_keep(n: int, prob: float) -> int:
-    """How many of an image's ``n`` tokens token dropout keeps at drop probability ``prob`` (at least one)."""
-    return max(1, int(n * (1.0 - prob)))
+# Drop probabilities count in steps of 1 / DROP_STEPS, so that the kept count is integer arithmetic:
+# the same in numpy and in a compiled graph (in floats, 10 * (1 - 0.8) is 1.9999999999999996).
+DROP_STEPS = 10_000
+
+
+def num_keep(n: Any, prob: Any, xp: Any = np) -> Any:
+    """How many of an image's ``n`` tokens token dropout keeps at drop probability ``prob`` (at least one):
+    ``floor(n * (1 - prob))`` with ``prob`` rounded to 1e-4, in integers. ``n`` and ``prob`` may be
+    arrays of the array module ``xp`` (numpy, or ``jax.numpy`` inside a compiled graph)."""
+    dropped = xp.round(xp.asarray(prob, dtype=xp.float32) * DROP_STEPS).astype(xp.int32)
+    kept = (xp.asarray(n).astype(xp.int32) * (DROP_STEPS - dropped)) // DROP_STEPS
+    out = xp.maximum(1, kept)
+    return int(out) if xp is np and out.ndim == 0 else out
 
 
 def token_dropout_fn(token_dropout_prob: TokenDropout) -> Callable[..., float] | None:

@@ -1,0 +1,116 @@
+"""The ``vit`` command: list architectures, check parity, convert checkpoints, train, evaluate, predict.
+
+One module per command; this one builds the parser."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+
+from vit_parity.tools import data
+from vit_parity.tools.cli.common import DefaultsFormatter
+from vit_parity.tools.cli.convert import cmd_convert
+from vit_parity.tools.cli.evaluate import cmd_eval
+from vit_parity.tools.cli.inspect import cmd_check, cmd_list
+from vit_parity.tools.cli.predict import cmd_predict
+from vit_parity.tools.cli.train import cmd_train
+
+
+def _add_main_job(sub: argparse._SubParsersAction) -> None:
+    backends = ("torch", "flax")
+    p = sub.add_parser(
+        "train",
+        help="train a classifier on built-in or folder data; writes OUT/checkpoint and OUT/metrics.json",
+        formatter_class=DefaultsFormatter,
+    )
+    p.add_argument("--arch", required=True, help="architecture name (see `vit list`)")
+    p.add_argument("--backend", choices=backends, help="framework to train in (default: torch if installed)")
+    p.add_argument("--data", required=True, help=f"{', '.join(data.BUILTIN)}, or a folder of class sub-folders")
+    p.add_argument("--out", default="runs/vit", help="output folder")
+    p.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out")
+    p.add_argument("--overwrite", action="store_true", help="replace the run in --out (after the new first epoch)")
+    g = p.add_argument_group("training")
+    g.add_argument("--epochs", type=int, default=10, help="passes over the training split")
+    g.add_argument("--batch-size", type=int, default=64, help="samples per step")
+    g.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (linear warmup, cosine decay)")
+    g.add_argument("--weight-decay", type=float, default=0.05, help="AdamW decay of weight matrices")
+    g.add_argument("--warmup-epochs", type=float, default=1.0, help="linear warmup length")
+    g.add_argument("--label-smoothing", type=float, default=0.0, help="of the cross-entropy targets")
+    g.add_argument("--shift", type=int, default=0, help="random translation of training samples, in pixels")
+    g.add_argument("--eval-fraction", type=float, default=0.2, help="held-out share of every class")
+    g.add_argument("--seed", type=int, default=0, help="seeds the weights, split, batches and generated data")
+    g.add_argument("--quiet", action="store_true", help="no progress bar")
+    g = p.add_argument_group("data")
+    g.add_argument(
+        "--image-size", type=int, help="side of built-in images, frames, volumes (16); folders: resize target"
+    )
+    g.add_argument("--frames", type=int, help="clip length of digits-video (default 8)")
+    g.add_argument("--samples", type=int, help="number of shapes-volume samples (default 500)")
+    g.add_argument("--limit", type=int, help="use at most this many samples (quick runs)")
+    g = p.add_argument_group("model size (filled in by name; --set for anything else)")
+    g.add_argument("--dim", type=int, default=64, help="token width")
+    g.add_argument("--depth", type=int, default=4, help="also spatial_depth and temporal_depth")
+    g.add_argument("--heads", type=int, default=4, help="attention heads")
+    g.add_argument("--mlp-dim", type=int, help="default: 2 * dim")
+    g.add_argument("--dim-head", type=int, help="default: dim // heads")
+    g.add_argument("--patch-size", type=int, default=4, help="also image_patch_size")
+    g.add_argument("--frame-patch-size", type=int, default=2, help="frames per tubelet (videos, volumes)")
+    g.add_argument("--pool", choices=("cls", "mean"), help="default: the architecture's")
+    g.add_argument("--dropout", type=float, default=0.0, help="in attention and MLPs")
+    g.add_argument("--emb-dropout", type=float, default=0.0, help="on the embedded tokens")
+    g.add_argument("--set", action="append", default=[], metavar="NAME=VALUE", help="any constructor argument")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("eval", help="accuracy and per-class accuracy of a trained checkpoint")
+    p.add_argument("checkpoint", help="checkpoint folder (or a `vit train --out` folder)")
+    p.add_argument(
+        "--data",
+        help=f"{', '.join(data.BUILTIN)}, or a folder of class sub-folders (default: the data it was trained on)",
+    )
+    p.add_argument("--backend", choices=(*backends, "both"), help="default: the checkpoint's; both: compare them")
+    p.add_argument(
+        "--split", choices=("auto", "eval", "train", "all"), default="auto",
+        help="auto: the held-out split when --data is the training data, else all of it",
+    )  # fmt: skip
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--json", help="also write the results to this JSON file")
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("predict", help="top-k classes for image files (.png/.jpg) or arrays (.npy)")
+    p.add_argument("checkpoint", help="checkpoint folder (or a `vit train --out` folder)")
+    p.add_argument("files", nargs="+", help="images (.png, .jpg) or .npy arrays (channels first)")
+    p.add_argument("--backend", choices=backends, help="default: the checkpoint's")
+    p.add_argument("--top-k", type=int, default=3)
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--json", help="also write the predictions to this JSON file")
+    p.set_defaults(func=cmd_predict)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="vit", description="Vision Transformers in PyTorch and JAX.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("list", help="every architecture with its torch / flax / parity status")
+    p.set_defaults(func=cmd_list)
+
+    p = sub.add_parser("check", help="cross-backend parity of logits and every block's output")
+    p.add_argument("arch", nargs="*", help="architectures to check (default: all)")
+    p.add_argument("--all", action="store_true", help="check every architecture")
+    p.add_argument("--rtol", type=float, default=1e-5)
+    p.add_argument("--atol", type=float, default=1e-5)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_check)
+
+    p = sub.add_parser("convert", help="rewrite a checkpoint in the other backend's layout")
+    p.add_argument("src", help="checkpoint folder (or a `vit train --out` folder)")
+    p.add_argument("--to", required=True, choices=("torch", "flax"))
+    p.add_argument("-o", "--output", required=True, help="destination folder")
+    p.set_defaults(func=cmd_convert)
+
+    _add_main_job(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.func(args)

@@ -1,0 +1,85 @@
+"""Training helpers of the ``vit`` command: constructor arguments checked against a class's signature,
+metrics on numpy predictions, and atomic JSON writes (the per-architecture mapping of the generic
+options is in ``vit_parity.tools.adapters``).
+
+The loop's own pieces (schedule, batches, progress) are in ``vit_parity.core.loop``.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import os
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = [
+    "constructor_config",
+    "per_class_accuracy",
+    "softmax",
+    "write_json",
+]
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Row-wise softmax in float64."""
+    z = np.asarray(logits, dtype=np.float64)
+    e = np.exp(z - z.max(axis=-1, keepdims=True))
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def per_class_accuracy(pred: np.ndarray, labels: np.ndarray, n_classes: int) -> list[float | None]:
+    """Accuracy within each true class (None for a class with no samples)."""
+    out: list[float | None] = []
+    for c in range(n_classes):
+        mask = labels == c
+        out.append(float((pred[mask] == c).mean()) if mask.any() else None)
+    return out
+
+
+def constructor_config(
+    cls: type, arguments: Mapping[str, Any], overrides: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
+    """The constructor arguments of ``cls`` from ``arguments`` (those it takes and that are not None; the
+    rest are dropped) and ``overrides`` (any argument by name; they win).
+
+    Raises ``ValueError`` naming the overrides the class does not take or the arguments still missing.
+    """
+    params = inspect.signature(cls.__init__).parameters
+    names = [n for n, p in params.items() if n != "self" and p.kind is not inspect.Parameter.VAR_KEYWORD]
+    config = {n: arguments[n] for n in names if arguments.get(n) is not None}
+    overrides = dict(overrides or {})
+    unknown = sorted(set(overrides) - set(names))
+    if unknown:
+        raise ValueError(f"{cls.__name__} takes no argument(s) {unknown}; it takes {names}")
+    config.update(overrides)
+    runtime = {"rngs", "dtype", "param_dtype"}
+    missing = [
+        n for n in names if n not in config and n not in runtime and params[n].default is inspect.Parameter.empty
+    ]
+    if missing:
+        raise ValueError(f"{cls.__name__} needs {missing}; give them with --set NAME=VALUE")
+    return config
+
+
+def write_json(path: str | os.PathLike[str], obj: Any) -> Path:
+    """Write ``obj`` as JSON to ``path`` atomically (a temporary file renamed into place)."""
+    dst = Path(path)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{dst.name}.", dir=dst.parent)
+    try:
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # a plain file's usual permissions, not mkstemp's private ones
+        with os.fdopen(fd, "w") as f:
+            json.dump(obj, f, indent=2)
+            f.write("\n")
+        os.replace(tmp, dst)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return dst

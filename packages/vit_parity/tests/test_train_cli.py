@@ -1,0 +1,179 @@
+"""`vit train` for every architecture of the registry (its adapter), its one-line refusals and its run folder;
+the two backends' ``train`` modules agree on the initial weights and on what weight decay applies to."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from cli_helpers import fails, one_thread, run  # noqa: F401 (one_thread: autouse)
+
+import vit_flax.checkpoint
+import vit_flax.train
+import vit_torch.checkpoint
+import vit_torch.train
+from vit_parity.core import checkpoint as ckpt_io
+from vit_parity.core import spec
+from vit_parity.tools import adapters
+
+TINY = ["--image-size", "8", "--patch-size", "4", "--dim", "16", "--depth", "1", "--heads", "2", "--quiet"]
+IMAGES = ["--data", "digits", "--limit", "40", "--batch-size", "32", *TINY]
+CLIPS = ["--data", "digits-video", "--frames", "2", "--frame-patch-size", "2", *IMAGES[2:]]
+
+
+def data_args(arch: str) -> list[str]:
+    """Tiny images or clips, whichever the architecture takes."""
+    case = spec.get(arch).cases[0]
+    return CLIPS if len(case.inputs[0].axes.split()) == 5 else IMAGES
+
+
+@pytest.mark.parametrize("arch", sorted(spec.REGISTRY))
+def test_the_same_seed_builds_the_same_weights_in_both_backends(arch: str) -> None:
+    config = dict(spec.get(arch).cases[0].config)
+    t, f = vit_torch.train.build(arch, config, seed=3), vit_flax.train.build(arch, config, seed=3)
+    want = vit_torch.checkpoint.state_numpy(t)
+    got = vit_flax.checkpoint.to_checkpoint(f).to_layout("torch").tensors
+    assert sorted(got) == sorted(want)
+    for key, value in want.items():
+        np.testing.assert_array_equal(got[key], value, err_msg=key)
+    other = vit_torch.checkpoint.state_numpy(vit_torch.train.build(arch, config, seed=4))
+    assert any(not np.array_equal(other[k], v) for k, v in want.items())  # the seed matters
+
+
+def test_weight_decay_skips_embeddings_tokens_norms_and_biases_in_both_backends() -> None:
+    config = dict(image_size=8, patch_size=4, num_classes=4, dim=16, depth=1, heads=2, mlp_dim=32, dim_head=8)
+    torch_keys = vit_torch.train.decayed_parameters(vit_torch.train.build("vit", config))
+    flax_keys = vit_flax.train.decayed_parameters(vit_flax.train.build("vit", config))
+    modules = {k.removesuffix(".weight") for k in torch_keys}
+    assert {k.removesuffix(".kernel") for k in flax_keys} == modules and len(modules) == len(torch_keys)
+    kinds = vit_torch.checkpoint.module_kinds(vit_torch.train.build("vit", config))
+    assert {kinds[m] for m in modules} == {"linear"}  # a ViT has no convolution
+    # the patch projection, the attention's qkv and output, the MLP's two layers and the head
+    assert len(modules) == 6 and "mlp_head" in modules and "to_patch_embedding.proj" in modules
+    assert {k for k, kind in kinds.items() if kind == "linear"} == modules
+
+
+def test_every_registry_entry_has_an_adapter_or_a_refusal() -> None:
+    assert set(adapters.ADAPTERS) == set(spec.REGISTRY)
+    for name in spec.REGISTRY:
+        assert isinstance(adapters.ADAPTERS[name], (adapters.Adapter, adapters.Refusal)), name
+
+
+TRAINABLE = [n for n in sorted(spec.REGISTRY) if isinstance(adapters.ADAPTERS.get(n), adapters.Adapter)]
+
+
+@pytest.mark.parametrize("backend", ["torch", "flax"])
+@pytest.mark.parametrize("arch", TRAINABLE)
+def test_one_epoch_of_every_architecture(arch: str, backend: str, tmp_path: Path, capsys) -> None:
+    out = tmp_path / "run"
+    code, text, err = run(capsys, "train", "--arch", arch, "--backend", backend, *data_args(arch), "--epochs", 1,
+                          "--out", out)  # fmt: skip
+    assert code == 0, err
+    assert "held-out accuracy" in text
+    ckpt = ckpt_io.load(out / "checkpoint")
+    assert spec.same_weights(ckpt.arch, arch) and ckpt.layout == backend  # flax: the NaViTs share a class
+    cfg = ckpt.config
+    # the size options reach the constructor, under whatever names it has
+    assert cfg.get("dim", cfg.get("embedding_dim")) == 16
+    assert cfg.get("depth", cfg.get("num_layers", cfg.get("spatial_depth"))) == 1
+    assert cfg.get("heads", cfg.get("num_heads")) == 2
+    assert cfg.get("channels", cfg.get("n_input_channels")) == 1  # the digits are grey
+    assert sum(v.size for v in ckpt.tensors.values()) < 20_000
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["complete"] and [e["epoch"] for e in metrics["epochs"]] == [0]
+    assert 0.0 <= metrics["eval"]["accuracy"] <= 1.0 and metrics["eval"]["samples"] == 10
+    if arch.startswith("navit"):  # eval reads the run's own data and feeds it the way the model takes it
+        code, text, err = run(capsys, "eval", out, "--json", tmp_path / "eval.json")
+        assert code == 0, err
+        assert json.loads((tmp_path / "eval.json").read_text())["backends"][backend]["accuracy"] == pytest.approx(
+            metrics["eval"]["accuracy"]
+        )
+
+
+def test_cct_3d_takes_the_size_options(tmp_path: Path, capsys) -> None:
+    out = tmp_path / "cct"
+    code, _, err = run(capsys, "train", "--arch", "cct_3d", *CLIPS, "--mlp-dim", "48", "--epochs", 1, "--out", out)
+    assert code == 0, err
+    cfg = ckpt_io.read_config(out / "checkpoint")["config"]
+    assert {k: cfg[k] for k in ("embedding_dim", "num_layers", "num_heads", "mlp_ratio")} == {
+        "embedding_dim": 16, "num_layers": 1, "num_heads": 2, "mlp_ratio": 3.0,
+    }  # fmt: skip
+    assert (cfg["img_size"], cfg["num_frames"], cfg["n_input_channels"], cfg["num_classes"]) == (8, 2, 1, 10)
+    base = ["train", "--arch", "cct_3d", *CLIPS, "--out", tmp_path / "bad"]
+    fails(capsys, *base, "--heads", "3", match="cct_3d needs --dim (16) divisible by --heads (3)")
+    fails(capsys, *base, "--dim-head", "4", match="cct_3d's heads are dim / heads wide")
+    assert not (tmp_path / "bad").exists()
+
+
+def test_bad_sizes_stop_with_one_line(tmp_path: Path, capsys) -> None:
+    base = ["train", "--arch", "vit", *IMAGES, "--out", tmp_path / "out"]
+    fails(capsys, *base, "--heads", "0", match="--heads must be at least 1, got 0")
+    fails(capsys, *base, "--dim", "0", match="--dim must be at least 1, got 0")
+    fails(capsys, *base, "--patch-size", "0", match="--patch-size must be at least 1, got 0")
+    fails(capsys, "train", "--arch", "navit", *IMAGES, "--patch-size", "3", "--out", tmp_path / "out",
+          match="cannot build 'navit'")  # fmt: skip
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("backend", ["torch", "flax"])
+def test_a_config_that_cannot_be_saved_is_refused_at_build(backend: str) -> None:
+    config = dict(image_size=8, patch_size=4, num_classes=2, dim=8, depth=1, heads=1, mlp_dim=8, dim_head=8)
+    train = vit_torch.train if backend == "torch" else vit_flax.train
+    with pytest.raises(TypeError, match=r"'token_dropout_prob' = .* cannot be stored in a checkpoint config"):
+        train.build("navit", dict(config, token_dropout_prob=lambda h, w: 0.1))
+    assert train.build("navit", dict(config, token_dropout_prob=0.1)).config["token_dropout_prob"] == 0.1
+
+
+def test_a_refused_architecture_says_why(tmp_path: Path, capsys, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(adapters.ADAPTERS, "vit", adapters.Refusal("its inputs are not samples of one size"))
+    fails(capsys, "train", "--arch", "vit", *IMAGES, "--out", tmp_path / "out",
+          match="'vit' does not train from `vit train`: its inputs are not samples of one size")  # fmt: skip
+    code, out, _ = run(capsys, "list")
+    assert code == 0 and "| no: its inputs are not samples of one size" in out
+
+
+def test_list_says_what_trains(capsys) -> None:
+    code, out, _ = run(capsys, "list")
+    assert code == 0
+    header, _, *rows = out.splitlines()
+    assert "| vit train |" in header
+    column = [c.strip() for c in header.split("|")].index("vit train")
+    assert {row.split("|")[1].strip(): row.split("|")[column].strip() for row in rows} == dict.fromkeys(
+        spec.REGISTRY, "yes"
+    )
+
+
+def _predict(out: Path) -> np.ndarray:
+    x = np.random.default_rng(0).random((4, 1, 8, 8), dtype=np.float32)
+    return vit_torch.train.predict(vit_torch.load(out / "checkpoint"), x)
+
+
+def test_an_existing_run_is_kept_unless_resumed_or_overwritten(
+    tmp_path: Path, capsys, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    out = tmp_path / "run"
+    argv = ["train", "--arch", "vit", *IMAGES, "--epochs", 1, "--out", out]
+    fails(capsys, *argv, "--resume", match=f"--resume: there is no run to continue ({out} does not exist)")
+    assert run(capsys, *argv)[0] == 0
+    first = _predict(out)
+    before = sorted(p.name for p in out.iterdir())
+    fails(capsys, *argv, match=f"{out} already holds a run (checkpoint, metrics.json); continue it with --resume")
+    fails(capsys, *argv, "--resume", "--overwrite", match="pick one")
+    (tmp_path / "empty").mkdir()
+    fails(capsys, *argv[:-1], tmp_path / "empty", "--resume", match="holds no checkpoint/")
+
+    # an overwrite interrupted before its first checkpoint leaves the earlier run as it was
+    shift = vit_torch.train.random_shift
+    monkeypatch.setattr(vit_torch.train, "random_shift", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt))
+    fails(capsys, *argv, "--overwrite", "--seed", 1, match=f"no epoch completed; {out} keeps the earlier run", code=130)
+    monkeypatch.setattr(vit_torch.train, "random_shift", shift)
+    np.testing.assert_array_equal(_predict(out), first)
+    assert sorted(p.name for p in out.iterdir()) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["empty", "run"]  # no staging folder left
+
+    assert run(capsys, *argv, "--overwrite", "--seed", 1)[0] == 0
+    assert not np.array_equal(_predict(out), first)  # the new run, from other weights
+    assert ckpt_io.read_config(out / "checkpoint")["extra"]["train"]["seed"] == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["empty", "run"]  # the earlier run is gone, whole
