@@ -133,11 +133,14 @@ def bench(session: nox.Session) -> None:
 
     Runs in its own venv pinned by bench/constraints.txt (torch 2.14.1 + torchvision for the reference
     libraries); writes bench/results.md and bench/results.json, then runs bench/navit.py (bench/navit.json)
-    and prints bench/xla_memory.py's figures.
+    and prints bench/xla_memory.py's figures. With `--archs NAME,...` (or `--archs all`) it runs only
+    bench/compare.py's per-architecture table (bench/archs.md and bench/archs.json).
     """
     session.install(*BENCH_PIN, "torch", "torchvision", "vit-pytorch", "timm", "jax", "jaxlib", "flax", "optax")
     session.install(*BENCH_PIN, "-e", CORE, "-e", TORCH, "-e", FLAX)  # editable: measure the working tree
     session.run("python", "bench/compare.py", *session.posargs)
+    if any(arg == "--archs" or arg.startswith("--archs=") for arg in session.posargs):
+        return  # the per-architecture table only
     session.run("python", "bench/navit.py", "--backends", "torch,flax", "--json", "bench/navit.json")  # NaViT
     for size, batch in (("224", "8"), ("512", "2")):  # the temporaries XLA plans for a flax training step
         session.run("python", "bench/xla_memory.py", "--size", size, "--batch", batch)
@@ -149,3 +152,16 @@ def bench_navit(session: nox.Session) -> None:
     session.install(*PIN, CORE, TORCH, FLAX)
     args = session.posargs or ["--backends", "torch,flax", "--json", "bench/navit.json"]
     session.run("python", "bench/navit.py", *args)
+
+
+@nox.session
+def reference(session: nox.Session) -> None:
+    """The reference check: vit-pytorch's own models, their weights imported (`vit import vit-pytorch`), give the
+    same logits as vit_torch (packages/vit_parity/tests_reference; extra arguments go to pytest).
+
+    Not a default session: it needs vit-pytorch, in its own venv pinned by bench/constraints.txt (torch 2.14.1 +
+    torchvision, as the bench session).
+    """
+    session.install(*BENCH_PIN, "torch", "torchvision", "vit-pytorch", "pytest")
+    session.install(*BENCH_PIN, "-e", CORE, "-e", TORCH)
+    session.run("pytest", "packages/vit_parity/tests_reference", *session.posargs)

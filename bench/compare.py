@@ -2,6 +2,8 @@
 
 Run through ``nox -s bench`` (which builds the venv from bench/constraints.txt), or directly inside that
 venv: ``python bench/compare.py [--configs 224,512,clip] [--rounds 5] [--no-memory] [--only NAME]``.
+``--archs NAME,... | all`` runs the per-architecture table instead (configs in bench/archs.py, written to
+bench/archs.md and bench/archs.json), under the same protocol.
 
 Protocol
 - Every contender of a config is built in the same process from the same seeded inputs. Rounds are
@@ -24,7 +26,8 @@ Protocol
   resident set instead of lingering in the heap. tracemalloc is not used: it does not see torch's or
   XLA's allocations.
 
-Writes ``<out>.md`` (the tables) and ``<out>.json`` (every measurement) — default bench/results.*.
+Writes ``<out>.md`` (the tables) and ``<out>.json`` (every measurement) — default bench/results.*
+(bench/archs.* with ``--archs``).
 """
 
 from __future__ import annotations
@@ -44,6 +47,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+if str(HERE) not in sys.path:  # bench/archs.py, when this file is not run as a script
+    sys.path.insert(0, str(HERE))
+
+import archs  # noqa: E402  the per-architecture configs (--archs)
 
 # ViT-S/16: dim 384, depth 12, heads 6 (dim_head 64), mlp 1536.
 VIT_S = dict(dim=384, depth=12, heads=6, mlp_dim=1536, dim_head=64)
@@ -95,7 +102,14 @@ def _vivit_kwargs(cfg: Config) -> dict:
     return dict(_clip_kwargs(cfg), spatial_depth=depth - depth // 3, temporal_depth=depth // 3, **kw)
 
 
+def config_named(name: str) -> Config | archs.Arch:
+    """A config of this file, or a per-architecture one of bench/archs.py (both run through the same runners)."""
+    return CONFIGS[name] if name in CONFIGS else archs.get(name)
+
+
 def build_torch_model(contender: str, cfg: Config):
+    if isinstance(cfg, archs.Arch):
+        return archs.build_torch(contender, cfg)
     lib, name = contender.split(".")
     if lib == "timm":
         import timm
@@ -128,6 +142,8 @@ def build_torch_model(contender: str, cfg: Config):
 def build_flax_model(contender: str, cfg: Config):
     from flax import nnx
 
+    if isinstance(cfg, archs.Arch):
+        return archs.build_flax(contender, cfg)
     name = contender.split(".")[1]
     module = {
         "ViT": "vit_flax.vit:ViT",
@@ -191,6 +207,8 @@ class TorchRunner(Runner):
             c, t, h, w = cfg.shape  # the token-matched image: 2 frames stacked as channels, frame pairs side by side
             self.x = self.x.reshape(cfg.batch, c, t // 2, 2, h, w).permute(0, 1, 3, 4, 2, 5)
             self.x = self.x.reshape(cfg.batch, c * 2, h, t // 2 * w).contiguous()
+        if isinstance(cfg, archs.Arch):
+            self.x = archs.torch_inputs(cfg, self.x)  # NaViT: a list of lists of images
         self.y = torch.randint(0, NUM_CLASSES, (cfg.batch,), generator=torch.Generator().manual_seed(seed))
         self.opt = torch.optim.AdamW(self.model.parameters(), lr=LR, fused=True)  # one kernel per tensor
         self.compile_s = {}
@@ -223,6 +241,9 @@ class FlaxRunner(Runner):
         rng = np.random.default_rng(seed)
         x = rng.standard_normal((cfg.batch, *cfg.shape), dtype=np.float32)
         self.x = jax.device_put(np.moveaxis(x, 1, -1))  # channels-last
+        feed = None  # the training step reads the logits from the model's output as they are
+        if isinstance(cfg, archs.Arch):
+            self.x, feed = archs.flax_inputs(cfg, x)  # NaViT: packed arrays (a tuple) and per-image logits
         self.y = jax.device_put(rng.integers(0, NUM_CLASSES, cfg.batch))
         self.compile_s = {}
 
@@ -230,14 +251,15 @@ class FlaxRunner(Runner):
         model.eval()
         graphdef, state = nnx.split(model)
 
-        def forward(state: nnx.State, x: jax.Array) -> jax.Array:
-            return nnx.merge(graphdef, state)(x)
+        def forward(state: nnx.State, x: jax.Array | tuple[jax.Array, ...]) -> jax.Array:
+            model = nnx.merge(graphdef, state)
+            return model(*x) if isinstance(x, tuple) else model(x)
 
         self.eval_state = jax.tree.map(jnp.array, state)  # a copy: the training step donates its buffers
         self._forward = self._compile("infer", jax.jit(forward), state, self.x)
 
         # the step vit_flax.train.fit runs: jitted, its state donated
-        step, self.train_state = training_step(model, weight_decay=1e-4)
+        step, self.train_state = training_step(model, weight_decay=1e-4, feed=feed)
         self.lr = jnp.float32(LR)
         self._step = self._compile("train", step, self.train_state, self.x, self.y, self.lr)
 
@@ -314,7 +336,7 @@ def _rss_kib(field: str) -> int:
 
 def probe(cfg_name: str, contender: str) -> dict:
     """Runs in a fresh subprocess: the resident memory each step needs above the resting model."""
-    runner = make_runner(contender, CONFIGS[cfg_name])
+    runner = make_runner(contender, config_named(cfg_name))
     out = {}
     for mode, step in (("infer", runner.infer), ("train", runner.train)):
         step()  # warm-up: optimizer state exists on both sides, lazy initialisation is done
@@ -451,12 +473,19 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--only", default="", help="comma-separated substrings: keep matching contenders")
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
-    parser.add_argument("--out", default=str(HERE / "results"), help="path prefix of the .md and .json written")
+    parser.add_argument(
+        "--archs", default="", help="per-architecture table instead of --configs: comma-separated, or all: "
+        + ", ".join(archs.ARCHS),
+    )  # fmt: skip
+    parser.add_argument(
+        "--out", default=None, help="path prefix of the .md and .json written (default bench/results, bench/archs)"
+    )
     parser.add_argument(
         "--report", nargs="+", metavar="JSON", help="merge results files into <out> instead of measuring"
     )
     parser.add_argument("--probe", nargs=2, metavar=("CONFIG", "CONTENDER"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    args.out = args.out or str(HERE / ("archs" if args.archs else "results"))
     if args.probe:
         print(json.dumps(probe(*args.probe)))
         return
@@ -474,6 +503,8 @@ def main(argv: list[str] | None = None) -> None:
         Path(args.out + ".md").write_text(markdown(merged))
         print(markdown(merged))
         return
+    if args.archs:
+        sys.exit(archs.main(args, sys.modules[__name__]))
 
     def log(msg: str) -> None:
         print(msg, flush=True)

@@ -12,7 +12,9 @@ import torch
 import torch.nn.functional as F
 from flax import nnx
 
+import vit_flax.cct
 import vit_flax.cct_3d
+import vit_torch.cct
 import vit_torch.cct_3d
 from vit_parity.core import facts, spec
 from vit_parity.core.facts import REQUIRED, SIGNATURES, Signature, cct, signature, vivit
@@ -185,6 +187,61 @@ def test_cct_argument_checks() -> None:
         cct.check_tokens((1, 3, 4, 2, 16), (2, 0, 4))
 
 
+# --- CCT on images: the same arithmetic over two axes ----------------------------------------------------------
+
+
+def cct_image_geometry(**overrides: object) -> cct.Geometry:
+    """:func:`cct.image_geometry` with the image constructor's defaults for what ``overrides`` does not set."""
+    defaults = signature("cct").defaults
+    names = inspect.signature(cct.image_geometry).parameters
+    return cct.image_geometry(**{k: v for k, v in {**defaults, **overrides}.items() if k in names})
+
+
+IMAGE_TOKENIZERS = [  # constructor arguments: one to three convolutions, odd and even kernels, padded pools
+    dict(img_size=16, kernel_size=3, stride=2, padding=1),
+    dict(img_size=(20, 12), kernel_size=5, stride=2, padding=1, pooling_kernel_size=2, pooling_padding=0),
+    dict(img_size=(17, 9), n_conv_layers=3, kernel_size=4, stride=1, padding=2, pooling_kernel_size=2,
+         pooling_stride=1, pooling_padding=1),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("args", IMAGE_TOKENIZERS)
+def test_image_token_grid_is_the_shape_torchs_2d_layers_leave(args: dict) -> None:
+    geo = cct_image_geometry(embedding_dim=8, num_heads=2, **args)
+    tok = geo.tokenizer
+    x = torch.zeros(1, tok.channels[0], *geo.size)
+    for c_in, c_out in zip(tok.channels, tok.channels[1:]):
+        x = F.relu(F.conv2d(x, torch.zeros(c_out, c_in, *tok.kernel), None, tok.stride, tok.padding))
+        x = F.max_pool2d(x, tok.pool_kernel, tok.pool_stride, tok.pool_padding)
+    assert geo.grid == tok.grid(geo.size) == tuple(x.shape[2:])
+    assert tok.channels[-1] == 8 and len(tok.channels) == args.get("n_conv_layers", 1) + 1
+
+
+def test_default_image_geometry_by_hand() -> None:
+    geo = cct_image_geometry()
+    assert geo.size == (224, 224)
+    tok = geo.tokenizer
+    assert (tok.kernel, tok.stride, tok.padding) == ((7, 7), (2, 2), (3, 3))
+    assert (tok.pool_kernel, tok.pool_stride, tok.pool_padding) == ((3, 3), (2, 2), (1, 1))
+    assert geo.grid == (56, 56)  # 224 -> conv 112 -> pool 56
+    assert geo.tokenizer.channels == (3, 768)
+    assert len(geo.rates) == 12 and geo.rates[0] == 0.0 and geo.rates[-1] == pytest.approx(0.1)
+    assert cct_image_geometry(num_layers=3, stochastic_depth_rate=0.5).rates == pytest.approx((0.0, 0.25, 0.5))
+
+
+def test_image_cct_argument_checks() -> None:
+    with pytest.raises(ValueError, match=r"positional_embedding must be one of \('learnable', 'sine', 'none'\)"):
+        cct_image_geometry(positional_embedding="rope")
+    with pytest.raises(ValueError, match="embedding_dim 24 must be divisible by num_heads 5"):
+        cct_image_geometry(embedding_dim=24, num_heads=5)
+    with pytest.raises(ValueError, match=r"the tokenizer leaves no tokens for img_size \(2, 16\) \(grid \(0, 4\)\)"):
+        cct_image_geometry(img_size=(2, 16), kernel_size=3, padding=0)
+    with pytest.raises(ValueError, match="img_size must be a positive int or a tuple of 2 positive ints"):
+        cct_image_geometry(img_size=(16, 16, 16))
+    with pytest.raises(ValueError, match=r"img of shape \(1, 3, 2, 16\) is too small: the tokenizer leaves"):
+        cct.check_tokens((1, 3, 2, 16), (0, 4), "img")
+
+
 # --- CCT presets ---------------------------------------------------------------------------------------------
 
 PAPER = {  # name: (layers, heads, mlp ratio, embedding dim), Hassani et al. (2021)
@@ -226,6 +283,17 @@ def test_both_backends_build_the_presets_from_the_facts(name: str) -> None:
         assert getattr(vit_torch.cct_3d, name)(**args).config == want
     if name == "cct_2":  # each flax model traces its own initialization: one is enough
         assert nnx.eval_shape(lambda: vit_flax.cct_3d.cct_2(**args)).config == want
+
+
+@pytest.mark.parametrize("name", ["cct_2", "cct_16"])
+def test_both_backends_build_the_image_presets_from_the_facts(name: str) -> None:
+    args = dict(img_size=32, num_classes=7)
+    want = {**signature("cct").defaults, **cct.preset(name, **args)}
+    assert name in vit_torch.cct.__all__ and name in vit_flax.cct.__all__
+    with torch.device("meta"):  # shapes only
+        assert getattr(vit_torch.cct, name)(**args).config == want
+    if name == "cct_2":  # each flax model traces its own initialization: one is enough
+        assert nnx.eval_shape(lambda: vit_flax.cct.cct_2(**args)).config == want
 
 
 # --- ViViT ---------------------------------------------------------------------------------------------------

@@ -2,77 +2,24 @@
 
 from __future__ import annotations
 
-import itertools
-import math
-from collections.abc import Sequence
 from typing import Any
 
-import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from vit_flax.layers import Transformer, crop_grid, default_rngs, with_features
+from vit_flax.cct import CompactTransformer
 from vit_flax.vit_3d import VIDEO_AXES
 from vit_parity.core.config import records_config
 from vit_parity.core.facts import cct
-from vit_parity.core.features import Features
-from vit_parity.core.posemb import sinusoidal_table
-from vit_parity.core.validate import check_input
 
 __all__ = ["CCT", "cct_2", "cct_4", "cct_6", "cct_7", "cct_8", "cct_14", "cct_16"]
 
-Array = jax.Array
-
-
-class Tokenizer(nnx.Module):
-    """Conv3d (no bias), ReLU, MaxPool3d, ``n_conv_layers`` times; ``(b, t, h, w, c)`` to tokens ``(b, n, dim)``.
-
-    Laid out by a :class:`vit_parity.core.facts.cct.TokenizerGeometry`. Convolutions and pools take torch's
-    explicit padding (pools pad with -inf, as torch does). Returns the tokens in ``(t, h, w)`` row-major order
-    and their grid.
-    """
-
-    def __init__(self, geometry: cct.TokenizerGeometry, *, dtype: jnp.dtype | None = None, rngs: nnx.Rngs) -> None:
-        g = geometry
-        kaiming = nnx.initializers.variance_scaling(2.0, "fan_in", "normal")  # torch's kaiming_normal_
-        self.convs = nnx.List(
-            [
-                nnx.Conv(
-                    c_in,
-                    c_out,
-                    g.kernel,
-                    g.stride,
-                    padding=[(p, p) for p in g.padding],
-                    use_bias=False,
-                    kernel_init=kaiming,
-                    dtype=dtype,
-                    rngs=rngs,
-                )
-                for c_in, c_out in itertools.pairwise(g.channels)
-            ]
-        )
-        self.kernel, self.stride, self.padding = g.kernel, g.stride, g.padding
-        self.pool_kernel, self.pool_stride, self.pool_padding = g.pool_kernel, g.pool_stride, g.pool_padding
-
-    def grid(self, size: tuple[int, ...]) -> tuple[int, ...]:
-        """The token grid of an input of spatial ``size`` ``(t, h, w)``."""
-        return cct.token_grid(
-            size, len(self.convs), self.kernel, self.stride, self.padding,
-            self.pool_kernel, self.pool_stride, self.pool_padding,
-        )  # fmt: skip
-
-    def __call__(self, x: Array) -> tuple[Array, tuple[int, ...]]:
-        for conv in self.convs:
-            x = nnx.max_pool(
-                jax.nn.relu(conv(x)), self.pool_kernel, self.pool_stride, [(p, p) for p in self.pool_padding]
-            )
-        return x.reshape(x.shape[0], -1, x.shape[-1]), tuple(x.shape[1:-1])
-
 
 @records_config
-class CCT(nnx.Module):
+class CCT(CompactTransformer):
     """Compact Convolutional Transformer (Hassani et al., 2021) for videos: a Conv3d tokenizer, a
-    transformer with stochastic depth, and sequence pooling (attention-weighted mean of the tokens).
+    transformer with stochastic depth, and sequence pooling (attention-weighted mean of the tokens); the body
+    of ``cct.CCT`` (:class:`vit_flax.cct.CompactTransformer`) on three spatial axes.
 
     ``positional_embedding`` is ``'learnable'``, ``'sine'`` (1-D sinusoidal over the flattened token
     sequence) or ``'none'``. Takes ``video`` of shape ``(b, t, h, w, n_input_channels)`` with
@@ -112,7 +59,6 @@ class CCT(nnx.Module):
         dtype: jnp.dtype | None = None,
         rngs: nnx.Rngs | None = None,
     ) -> None:
-        rngs = default_rngs(rngs)
         geometry = cct.geometry(
             img_size=img_size, num_frames=num_frames, embedding_dim=embedding_dim, n_input_channels=n_input_channels,
             n_conv_layers=n_conv_layers, frame_stride=frame_stride, frame_kernel_size=frame_kernel_size,
@@ -123,47 +69,12 @@ class CCT(nnx.Module):
             num_heads=num_heads, positional_embedding=positional_embedding,
             stochastic_depth_rate=stochastic_depth_rate,
         )  # fmt: skip
-        self.size, self.grid = geometry.size, geometry.grid
-        self.channels = n_input_channels
-        self.tokenizer = Tokenizer(geometry.tokenizer, dtype=dtype, rngs=rngs)
-        n = math.prod(self.grid)
-        self.positional_embedding = positional_embedding
-        self.positional_emb = (
-            nnx.Param(jax.random.normal(rngs.params(), (1, n, embedding_dim)) * 0.2)
-            if positional_embedding == "learnable"
-            else None
-        )
-        self.dropout = nnx.Dropout(dropout_rate, rngs=rngs)
-        heads, dim_head = num_heads, embedding_dim // num_heads
-        self.transformer = Transformer(
-            embedding_dim, num_layers, heads, dim_head, int(embedding_dim * mlp_ratio), dropout_rate,
-            drop_path=geometry.rates, attn_dropout=attention_dropout, post_norm=True, dtype=dtype, rngs=rngs,
+        super().__init__(
+            geometry=geometry, axis_names=VIDEO_AXES, input_name="video", n_input_channels=n_input_channels,
+            embedding_dim=embedding_dim, num_layers=num_layers, num_heads=num_heads, mlp_ratio=mlp_ratio,
+            num_classes=num_classes, positional_embedding=positional_embedding, dropout_rate=dropout_rate,
+            attention_dropout=attention_dropout, dtype=dtype, rngs=rngs,
         )  # fmt: skip
-        self.attention_pool = nnx.Linear(embedding_dim, 1, dtype=dtype, rngs=rngs)
-        self.fc = nnx.Linear(embedding_dim, num_classes, dtype=dtype, rngs=rngs)
-
-    def __call__(
-        self, video: Array, *, return_features: bool | Sequence[str | int] = False, return_attn: bool = False
-    ) -> Array | tuple[Array, dict[str, Array]]:
-        features = Features.request(return_features, return_attn)
-        check_input(
-            video.shape, name="video", channels_last=True, channels=self.channels,
-            max_size=self.size, patch=(1, 1, 1), axis_names=VIDEO_AXES,
-        )  # fmt: skip
-        cct.check_tokens(video.shape, self.tokenizer.grid(tuple(video.shape[1:-1])))
-        x, grid = self.tokenizer(video)
-        if self.positional_embedding == "learnable":
-            x = x + crop_grid(self.positional_emb[...], self.grid, grid).astype(x.dtype)
-        elif self.positional_embedding == "sine":
-            table = jnp.asarray(sinusoidal_table(math.prod(self.grid), x.shape[-1]))[None]
-            x = x + crop_grid(table, self.grid, grid).astype(x.dtype)
-        x = self.dropout(x)
-        x = self.transformer(x, features=features)
-        weights = jax.nn.softmax(self.attention_pool(x), axis=1)  # (b, n, 1)
-        x = (weights * x).sum(axis=1)
-        if features is not None:
-            features.add("pre_logits", x)
-        return with_features(self.fc(x), features)
 
 
 def cct_2(**kwargs: Any) -> CCT:

@@ -235,6 +235,7 @@ class Block(nnx.Module):
     :class:`Attention` and :class:`FeedForward` by any module with the same call: ``attn(x, mask,
     return_attn=...)`` and ``ff(x)`` (talking heads, re-attention, cross-covariance, windowed attention ...).
     ``layer_scale`` (a number) scales each branch by a learned per-channel ``gamma`` starting there.
+    A ``context=`` given to the block goes to its attention unchanged (class attention reads the patches).
     """
 
     def __init__(
@@ -274,8 +275,11 @@ class Block(nnx.Module):
         self.ls2 = LayerScale(dim, layer_scale) if layer_scale is not None else None
         self.drop_path = DropPath(drop_path, rngs=rngs)
 
-    def __call__(self, x: Array, mask: Array | None = None, *, return_attn: bool = False) -> Array | tuple[Array, Any]:
-        y = self.attn(self.norm1(x), mask, return_attn=return_attn)
+    def __call__(
+        self, x: Array, mask: Array | None = None, *, context: Array | None = None, return_attn: bool = False
+    ) -> Array | tuple[Array, Any]:
+        extra = {} if context is None else {"context": context}
+        y = self.attn(self.norm1(x), mask, return_attn=return_attn, **extra)
         y, attn = y if return_attn else (y, None)
         x = x + self.drop_path(_scale(self.ls1, y))
         if self.post_norm:

@@ -206,6 +206,7 @@ class Block(nn.Module):
     :class:`Attention` and :class:`FeedForward` by any module with the same call: ``attn(x, mask,
     return_attn=...)`` and ``ff(x)`` (talking heads, re-attention, cross-covariance, windowed attention ...).
     ``layer_scale`` (a number) scales each branch by a learned per-channel ``gamma`` starting there.
+    A ``context=`` given to the block goes to its attention unchanged (class attention reads the patches).
     """
 
     def __init__(
@@ -245,9 +246,10 @@ class Block(nn.Module):
         self.drop_path = DropPath(drop_path)
 
     def forward(
-        self, x: Tensor, mask: Tensor | None = None, *, return_attn: bool = False
+        self, x: Tensor, mask: Tensor | None = None, *, context: Tensor | None = None, return_attn: bool = False
     ) -> Tensor | tuple[Tensor, Any]:
-        y = self.attn(self.norm1(x), mask, return_attn=return_attn)
+        extra = {} if context is None else {"context": context}
+        y = self.attn(self.norm1(x), mask, return_attn=return_attn, **extra)
         y, attn = y if return_attn else (y, None)
         x = x + self.drop_path(self.ls1(y))
         if self.post_norm:

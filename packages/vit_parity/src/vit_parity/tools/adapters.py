@@ -191,6 +191,29 @@ def _image(o: Options, g: Geometry) -> dict[str, Any]:
     return dict(_common(o, g), image_size=g.image_size, patch_size=o.patch_size)
 
 
+def _tokens_to_token(o: Options, g: Geometry) -> dict[str, Any]:
+    """T2T's soft splits replace the patches: ``--patch-size`` p (a power of two) becomes log2(p) overlapping
+    (3, 2) splits, the same overall stride as patches of p; another p is one (p, p) split. ``--set
+    t2t_layers=...`` gives them explicitly (the paper's ((7, 4), (3, 2), (3, 2)) is millions of parameters wide
+    on its own)."""
+    p = o.patch_size
+    splits = ((3, 2),) * (p.bit_length() - 1) if p > 1 and p & (p - 1) == 0 else ((p, p),)
+    return dict(_common(o, g), image_size=g.image_size, t2t_layers=splits)
+
+
+def _cross_vit(o: Options, g: Geometry) -> dict[str, Any]:
+    """Two branches: small patches of ``--patch-size`` at ``--dim``, large patches of twice that at twice the width,
+    each encoder one block deep; ``--depth`` multi-scale blocks (``--set`` for the per-branch arguments)."""
+    p = o.patch_size
+    branch = dict(enc_heads=o.heads, enc_mlp_dim=o.mlp, enc_dim_head=o.head_dim, enc_depth=1)
+    return dict(
+        image_size=g.image_size, num_classes=g.num_classes, channels=g.channels, depth=o.depth, sm_dim=o.dim,
+        lg_dim=2 * o.dim, sm_patch_size=p, lg_patch_size=2 * p, cross_attn_heads=o.heads,
+        cross_attn_dim_head=o.head_dim, dropout=o.dropout, emb_dropout=o.emb_dropout,
+        **{f"sm_{k}": v for k, v in branch.items()}, **{f"lg_{k}": v for k, v in branch.items()},
+    )  # fmt: skip
+
+
 def _tubelets(o: Options, g: Geometry) -> dict[str, Any]:
     return dict(
         _common(o, g), image_size=g.image_size, frames=g.frames, image_patch_size=o.patch_size,
@@ -206,13 +229,14 @@ def _vivit(o: Options, g: Geometry) -> dict[str, Any]:
 
 def _cct(o: Options, g: Geometry) -> dict[str, Any]:
     """CCT's tokenizer is convolutional (``--set kernel_size=... stride=...``): the patch sizes do not apply,
-    and its heads are ``dim / heads`` wide."""
+    and its heads are ``dim / heads`` wide. Images or clips (``num_frames``) by the data's geometry."""
     if o.dim_head is not None and o.dim_head * o.heads != o.dim:
-        raise ValueError(f"cct_3d's heads are dim / heads wide; drop --dim-head {o.dim_head} or set --dim to match")
+        raise ValueError(f"CCT's heads are dim / heads wide; drop --dim-head {o.dim_head} or set --dim to match")
     if o.dim % o.heads:
-        raise ValueError(f"cct_3d needs --dim ({o.dim}) divisible by --heads ({o.heads})")
+        raise ValueError(f"CCT needs --dim ({o.dim}) divisible by --heads ({o.heads})")
+    clip = {"num_frames": g.frames} if len(g.size) == 3 else {}
     return dict(
-        img_size=g.image_size, num_frames=g.frames, n_input_channels=g.channels, num_classes=g.num_classes,
+        img_size=g.image_size, **clip, n_input_channels=g.channels, num_classes=g.num_classes,
         embedding_dim=o.dim, num_layers=o.depth, num_heads=o.heads, mlp_ratio=o.mlp / o.dim, dropout_rate=o.dropout,
     )  # fmt: skip
 
@@ -242,9 +266,17 @@ def _packed_3d(config: Mapping[str, Any]) -> Feed:
 ADAPTERS: dict[str, Adapter | Refusal] = {
     "vit": Adapter(_image),
     "simple_vit": Adapter(_image),
+    "deepvit": Adapter(_image),
+    "cait": Refusal(
+        "CaiT takes RGB images (the seed's CaiT has no channels argument) and the built-in data are grey; "
+        "build it in Python (vit_torch.cait.CaiT) or train on a folder of RGB images once it takes them"
+    ),
+    "t2t": Adapter(_tokens_to_token),
+    "cross_vit": Adapter(_cross_vit),
     "vit_3d": Adapter(_tubelets),
     "simple_vit_3d": Adapter(_tubelets),
     "vivit": Adapter(_vivit),
+    "cct": Adapter(_cct),
     "cct_3d": Adapter(_cct),
     "navit": Adapter(_navit, {"torch": lambda c: ImageLists(grouped=True), "flax": _packed}),
     "navit_nested": Adapter(_navit, {"torch": lambda c: ImageLists(grouped=False), "flax": _packed}),

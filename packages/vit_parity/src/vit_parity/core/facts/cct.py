@@ -1,9 +1,10 @@
-"""CCT 3D (Hassani et al., 2021, on videos): its argument checks, the tokenizer's arithmetic, the default
-paddings, the stochastic-depth rates and the presets, once for both backends.
+"""CCT (Hassani et al., 2021) on images and on videos: its argument checks, the tokenizer's arithmetic, the
+default paddings, the stochastic-depth rates and the presets, once for both backends.
 
-The tokenizer is ``n_conv_layers`` times a Conv3d (no bias), a ReLU and a MaxPool3d, every one with torch's
-explicit symmetric padding and floor rounding. A backend builds its model from :func:`geometry` and its
-presets from :func:`preset`.
+The tokenizer is ``n_conv_layers`` times a convolution (no bias), a ReLU and a max pool over the input's spatial
+axes (Conv2d and MaxPool2d on images, Conv3d and MaxPool3d on videos), every one with torch's explicit symmetric
+padding and floor rounding. A backend builds its image model from :func:`image_geometry`, its video model from
+:func:`geometry`, and the presets of both from :func:`preset` (the same table and defaults in 2D and 3D).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ __all__ = [
     "conv_out",
     "default_padding",
     "geometry",
+    "image_geometry",
     "preset",
     "stochastic_depth_rates",
     "token_grid",
@@ -32,7 +34,7 @@ __all__ = [
 
 POSITIONAL_EMBEDDINGS = ("learnable", "sine", "none")
 INNER_CHANNELS = 64  # the width of every tokenizer convolution but the last
-Triple = tuple[int, int, int]
+Sides = tuple[int, ...]  # one value per spatial axis: (h, w) or (t, h, w)
 
 
 def conv_out(size: int, kernel: int, stride: int, padding: int) -> int:
@@ -73,31 +75,33 @@ def token_grid(
     return out
 
 
-def check_tokens(shape: Sequence[int], grid: Sequence[int]) -> None:
-    """Raise unless ``grid``, the token grid of a video of ``shape``, has at least one token."""
+def check_tokens(shape: Sequence[int], grid: Sequence[int], name: str = "video") -> None:
+    """Raise unless ``grid``, the token grid of the input ``name`` (``"img"``, ``"video"``) of ``shape``, has at
+    least one token."""
     if min(grid) < 1:
-        raise ValueError(f"video of shape {tuple(shape)} is too small: the tokenizer leaves no tokens")
+        raise ValueError(f"{name} of shape {tuple(shape)} is too small: the tokenizer leaves no tokens")
 
 
 @dataclass(frozen=True)
 class TokenizerGeometry:
     """The tokenizer's layers: ``channels`` from the input's to ``embedding_dim`` (one convolution per step) and
-    the ``(t, h, w)`` kernel, stride and padding of its convolutions and of its pools."""
+    the kernel, stride and padding of its convolutions and of its pools, one value per spatial axis (``(h, w)``
+    or ``(t, h, w)``)."""
 
     channels: tuple[int, ...]
-    kernel: Triple
-    stride: Triple
-    padding: Triple
-    pool_kernel: Triple
-    pool_stride: Triple
-    pool_padding: Triple
+    kernel: Sides
+    stride: Sides
+    padding: Sides
+    pool_kernel: Sides
+    pool_stride: Sides
+    pool_padding: Sides
 
     @property
     def n_conv_layers(self) -> int:
         return len(self.channels) - 1
 
     def grid(self, size: Sequence[int]) -> tuple[int, ...]:
-        """The token grid of an input of spatial ``size`` ``(t, h, w)``."""
+        """The token grid of an input of spatial ``size`` (``(h, w)`` or ``(t, h, w)``)."""
         return token_grid(
             size, self.n_conv_layers, self.kernel, self.stride, self.padding,
             self.pool_kernel, self.pool_stride, self.pool_padding,
@@ -106,8 +110,8 @@ class TokenizerGeometry:
 
 @dataclass(frozen=True)
 class Geometry:
-    """A CCT's validated layout: the largest input ``size`` ``(num_frames, h, w)``, its tokenizer, the token
-    ``grid`` of that input and the stochastic-depth ``rates`` of the layers."""
+    """A CCT's validated layout: the largest input ``size`` (``(h, w)``, or ``(num_frames, h, w)`` for videos),
+    its tokenizer, the token ``grid`` of that input and the stochastic-depth ``rates`` of the layers."""
 
     size: tuple[int, ...]
     tokenizer: TokenizerGeometry
@@ -139,21 +143,19 @@ def geometry(
     positional_embedding: str,
     stochastic_depth_rate: float,
 ) -> Geometry:
-    """Check CCT's constructor arguments (named as the constructor names them) and lay the model out.
+    """Check the video CCT's constructor arguments (named as the constructor names them) and lay the model out.
 
     ``frame_padding`` and ``frame_pooling_padding`` of ``None`` default to half their kernel. Raises naming
     the argument at fault, or when the tokenizer leaves no tokens of the largest input.
     """
-    check_choice(positional_embedding, POSITIONAL_EMBEDDINGS, "positional_embedding")
-    if embedding_dim % num_heads:
-        raise ValueError(f"embedding_dim {embedding_dim} must be divisible by num_heads {num_heads}")
+    _check_transformer(embedding_dim, num_heads, positional_embedding)
     if frame_padding is None:
         frame_padding = default_padding(frame_kernel_size)
     if frame_pooling_padding is None:
         frame_pooling_padding = default_padding(frame_pooling_kernel_size)
     size = (as_tuple(num_frames, 1, "num_frames")[0], *as_tuple(img_size, 2, "img_size"))
     tokenizer = TokenizerGeometry(
-        (n_input_channels, *[INNER_CHANNELS] * (n_conv_layers - 1), embedding_dim),
+        _channels(n_input_channels, n_conv_layers, embedding_dim),
         (frame_kernel_size, kernel_size, kernel_size),
         (frame_stride, stride, stride),
         (frame_padding, padding, padding),
@@ -161,9 +163,63 @@ def geometry(
         (frame_pooling_stride, pooling_stride, pooling_stride),
         (frame_pooling_padding, pooling_padding, pooling_padding),
     )
+    return _layout(size, "num_frames x img_size", tokenizer, num_layers, stochastic_depth_rate)
+
+
+def image_geometry(
+    *,
+    img_size: int | Sequence[int],
+    embedding_dim: int,
+    n_input_channels: int,
+    n_conv_layers: int,
+    kernel_size: int,
+    stride: int,
+    padding: int,
+    pooling_kernel_size: int,
+    pooling_stride: int,
+    pooling_padding: int,
+    num_layers: int,
+    num_heads: int,
+    positional_embedding: str,
+    stochastic_depth_rate: float,
+) -> Geometry:
+    """Check the image CCT's constructor arguments (named as the constructor names them) and lay the model out:
+    square kernels, strides and paddings over ``(h, w)``.
+
+    Raises naming the argument at fault, or when the tokenizer leaves no tokens of the largest image.
+    """
+    _check_transformer(embedding_dim, num_heads, positional_embedding)
+    size = as_tuple(img_size, 2, "img_size")
+    tokenizer = TokenizerGeometry(
+        _channels(n_input_channels, n_conv_layers, embedding_dim),
+        (kernel_size,) * 2,
+        (stride,) * 2,
+        (padding,) * 2,
+        (pooling_kernel_size,) * 2,
+        (pooling_stride,) * 2,
+        (pooling_padding,) * 2,
+    )
+    return _layout(size, "img_size", tokenizer, num_layers, stochastic_depth_rate)
+
+
+def _check_transformer(embedding_dim: int, num_heads: int, positional_embedding: str) -> None:
+    check_choice(positional_embedding, POSITIONAL_EMBEDDINGS, "positional_embedding")
+    if embedding_dim % num_heads:
+        raise ValueError(f"embedding_dim {embedding_dim} must be divisible by num_heads {num_heads}")
+
+
+def _channels(n_input_channels: int, n_conv_layers: int, embedding_dim: int) -> tuple[int, ...]:
+    """The tokenizer's widths: the input's, :data:`INNER_CHANNELS` between convolutions, then ``embedding_dim``."""
+    return (n_input_channels, *[INNER_CHANNELS] * (n_conv_layers - 1), embedding_dim)
+
+
+def _layout(
+    size: tuple[int, ...], size_name: str, tokenizer: TokenizerGeometry, num_layers: int, stochastic_depth_rate: float
+) -> Geometry:
+    """The :class:`Geometry` of an input of ``size`` (named ``size_name`` in the error when it leaves no tokens)."""
     grid = tokenizer.grid(size)
     if min(grid) < 1:
-        raise ValueError(f"the tokenizer leaves no tokens for num_frames x img_size {size} (grid {grid})")
+        raise ValueError(f"the tokenizer leaves no tokens for {size_name} {size} (grid {grid})")
     return Geometry(size, tokenizer, grid, stochastic_depth_rates(num_layers, stochastic_depth_rate))
 
 
@@ -190,7 +246,7 @@ PRESETS: dict[str, Preset] = {
 def preset(
     name: str, *, kernel_size: int = 3, stride: int | None = None, padding: int | None = None, **kwargs: Any
 ) -> dict[str, Any]:
-    """The CCT constructor arguments of preset ``name`` (a key of :data:`PRESETS`).
+    """The CCT constructor arguments of preset ``name`` (a key of :data:`PRESETS`), for images and videos alike.
 
     ``kernel_size`` is 3 unless given; ``stride`` defaults to ``max(1, kernel_size // 2 - 1)`` and ``padding``
     to ``max(1, kernel_size // 2)``. Other keyword arguments are passed through; the preset's own four may not

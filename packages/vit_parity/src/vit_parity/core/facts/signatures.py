@@ -89,6 +89,14 @@ SIGNATURES: dict[str, Signature] = {
         temporal_depth=_R, heads=_R, mlp_dim=_R, pool="cls", channels=3, dim_head=64, dropout=0.0, emb_dropout=0.0,
         variant="factorized_encoder",
     ),
+    "cct": Signature.of(
+        dict(
+            img_size=224, embedding_dim=768, n_input_channels=3, n_conv_layers=1, kernel_size=7, stride=2, padding=3,
+            pooling_kernel_size=3, pooling_stride=2, pooling_padding=1, dropout_rate=0.0, attention_dropout=0.1,
+            stochastic_depth_rate=0.1,
+        ),
+        num_layers=12, num_heads=12, mlp_ratio=4.0, num_classes=1000, positional_embedding="sine",
+    ),
     "cct_3d": Signature.of(
         dict(
             img_size=224, num_frames=8, embedding_dim=768, n_input_channels=3, n_conv_layers=1, frame_stride=1,
@@ -98,6 +106,24 @@ SIGNATURES: dict[str, Signature] = {
         ),
         num_layers=12, num_heads=12, mlp_ratio=4.0, num_classes=1000, positional_embedding="sine", dropout_rate=0.0,
         attention_dropout=0.1, stochastic_depth_rate=0.1,
+    ),
+    "cross_vit": Signature.of(
+        image_size=_R, num_classes=_R, sm_dim=_R, lg_dim=_R, sm_patch_size=12, sm_enc_depth=1, sm_enc_heads=8,
+        sm_enc_mlp_dim=2048, sm_enc_dim_head=64, lg_patch_size=16, lg_enc_depth=4, lg_enc_heads=8, lg_enc_mlp_dim=2048,
+        lg_enc_dim_head=64, cross_attn_depth=2, cross_attn_heads=8, cross_attn_dim_head=64, depth=3, dropout=0.1,
+        emb_dropout=0.1, channels=3,
+    ),
+    "t2t": Signature.of(
+        image_size=_R, num_classes=_R, dim=_R, depth=None, heads=None, mlp_dim=None, pool="cls", channels=3,
+        dim_head=64, dropout=0.0, emb_dropout=0.0, transformer=None, t2t_layers=((7, 4), (3, 2), (3, 2)),
+    ),
+    "deepvit": Signature.of(
+        image_size=_R, patch_size=_R, num_classes=_R, dim=_R, depth=_R, heads=_R, mlp_dim=_R, pool="cls", channels=3,
+        dim_head=64, dropout=0.0, emb_dropout=0.0,
+    ),
+    "cait": Signature.of(
+        image_size=_R, patch_size=_R, num_classes=_R, dim=_R, depth=_R, cls_depth=_R, heads=_R, mlp_dim=_R,
+        dim_head=64, dropout=0.0, emb_dropout=0.0, layer_dropout=0.0,
     ),
     "navit": _NAVIT,
     # the nested-tensor NaViT of torch shares the packed flax class, and so its arguments

@@ -1,3 +1,7 @@
-"""Spec entries, one module per model family."""
+"""Spec entries, one module per model family; importing this package imports every module in it."""
 
-from vit_parity.core.registry import image, navit, video  # noqa: F401
+import importlib
+import pkgutil
+
+for _info in pkgutil.iter_modules(__path__):
+    importlib.import_module(f"{__name__}.{_info.name}")

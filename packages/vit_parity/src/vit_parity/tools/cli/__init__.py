@@ -11,6 +11,7 @@ from vit_parity.tools import data
 from vit_parity.tools.cli.common import DefaultsFormatter
 from vit_parity.tools.cli.convert import cmd_convert
 from vit_parity.tools.cli.evaluate import cmd_eval
+from vit_parity.tools.cli.import_reference import LIBRARIES, cmd_import
 from vit_parity.tools.cli.inspect import cmd_check, cmd_list
 from vit_parity.tools.cli.predict import cmd_predict
 from vit_parity.tools.cli.train import cmd_train
@@ -106,6 +107,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--to", required=True, choices=("torch", "flax"))
     p.add_argument("-o", "--output", required=True, help="destination folder")
     p.set_defaults(func=cmd_convert)
+
+    p = sub.add_parser("import", help="import a vit-pytorch state dict as a checkpoint (same logits)")
+    p.add_argument("library", choices=LIBRARIES, help="the library that saved the weights")
+    p.add_argument("state_dict", help="file written by torch.save(model.state_dict(), ...)")
+    p.add_argument("--arch", required=True, help="architecture name here (see `vit list`)")
+    p.add_argument("--config", required=True, help="JSON object of the reference model's constructor arguments")
+    p.add_argument("-o", "--output", required=True, help="destination checkpoint folder")
+    p.set_defaults(func=cmd_import)
 
     _add_main_job(sub)
     return parser
