@@ -17,7 +17,7 @@ from flax import nnx
 from vit_flax.attention import attend
 from vit_parity.core.features import Features, block_label
 from vit_parity.core.posemb import sincos_table
-from vit_parity.core.validate import check_choice
+from vit_parity.core.validate import check_choice, drop_path_rates
 
 Array = jax.Array
 # torch's default GELU is the exact one. Under jax.checkpoint the backward pass recomputes erf from the input
@@ -305,15 +305,6 @@ def run_block(block: nnx.Module, x: Array, mask: Array | None, features: Feature
         x = block(x, mask)
     features.add(label, x)
     return x
-
-
-def drop_path_rates(rate: float | Sequence[float], depth: int) -> list[float]:
-    """One stochastic-depth rate per block: a sequence as given, a number for every block."""
-    if isinstance(rate, (int, float)):
-        return [float(rate)] * depth
-    if len(rate) != depth:
-        raise ValueError(f"drop_path must be a number or one rate per block ({depth}), got {len(rate)} rates")
-    return [float(r) for r in rate]
 
 
 class Transformer(nnx.Module):

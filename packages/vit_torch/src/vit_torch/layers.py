@@ -20,7 +20,7 @@ from torch import Tensor, nn
 
 from vit_parity.core.features import Features, block_label
 from vit_parity.core.posemb import sincos_table
-from vit_parity.core.validate import check_choice
+from vit_parity.core.validate import check_choice, drop_path_rates
 
 ACTIVATIONS: dict[str, Callable[[Tensor], Tensor]] = {
     "gelu": F.gelu,  # exact, torch's default
@@ -271,15 +271,6 @@ def run_block(block: nn.Module, x: Tensor, mask: Tensor | None, features: Featur
         x = block(x, mask)
     features.add(label, x)
     return x
-
-
-def drop_path_rates(rate: float | Sequence[float], depth: int) -> list[float]:
-    """One stochastic-depth rate per block: a sequence as given, a number for every block."""
-    if isinstance(rate, (int, float)):
-        return [float(rate)] * depth
-    if len(rate) != depth:
-        raise ValueError(f"drop_path must be a number or one rate per block ({depth}), got {len(rate)} rates")
-    return [float(r) for r in rate]
 
 
 class Transformer(nn.Module):

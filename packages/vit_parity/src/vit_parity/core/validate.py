@@ -81,3 +81,12 @@ def video_geometry(
     if t % pt:
         raise ValueError(f"frames {t} must be divisible by frame_patch_size {pt}")
     return (t, h, w), (pt, ph, pw)
+
+
+def drop_path_rates(rate: float | Sequence[float], depth: int) -> list[float]:
+    """One stochastic-depth rate per block: a sequence as given, a number for every block."""
+    if isinstance(rate, (int, float)):
+        return [float(rate)] * depth
+    if len(rate) != depth:
+        raise ValueError(f"drop_path must be a number or one rate per block ({depth}), got {len(rate)} rates")
+    return [float(r) for r in rate]
