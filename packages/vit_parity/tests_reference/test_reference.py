@@ -37,6 +37,8 @@ REFUSED = {
     ("vit", "mean"): "pool='mean'",
     ("vit_3d", "cubic-4-mean"): "pool='mean'",
     ("t2t", "default-splits-mean-rect-smaller-input"): "square image_size",
+    ("cait", "layer-dropout-rect-smaller-input"): "square image_size",
+    ("cross_vit", "same-width-smaller-input"): "square image_size",
 }
 
 # Cases whose config imports but whose input the two libraries treat differently: the reason, and the
@@ -60,6 +62,11 @@ INPUT_DIFFERS: dict[tuple[str, str], tuple[str, dict[str, int]]] = {
         "on a narrower video the reference adds the first entries of each frame's flattened positions, this ViViT "
         "the matching part of its grid",
         {"t": 8, "h": 16, "w": 16},
+    ),
+    ("deepvit", "mean-rect-smaller-input"): (
+        "on a smaller image the reference adds the first entries of its flattened position table, this DeepViT the "
+        "top-left part of its position grid",
+        {"h": 16, "w": 16},
     ),
     ("cct", "sine-two-convs-even-kernel-smaller-input"): (
         "the reference adds its whole positional table and fails on a smaller image",
@@ -281,3 +288,14 @@ def test_vivit_fused_attention_keeps_dropout_in_eval_mode() -> None:
     with torch.no_grad():
         assert not torch.allclose(model(video), model(video))
     assert reference.TABLES["vivit"].check_with == {"use_flash_attn": False}
+
+
+def test_cross_vit_one_wide_head_keeps_a_projection_in_the_reference() -> None:
+    """vit-pytorch's CrossViT always projects its attention's output; with one head as wide as a stream this
+    library's attention has no projection, so the import refuses."""
+    case = REGISTRY["cross_vit"].case("projected")
+    config = {**reference.reference_config("cross_vit", case.config), "sm_enc_heads": 1, "sm_enc_dim_head": 16}
+    state = build_reference("cross_vit", config).state_dict()
+    assert "multi_scale_encoder.layers.0.0.layers.0.0.to_out.0.weight" in state
+    with pytest.raises(ReferenceImportError, match="no output projection"):
+        reference.our_config("cross_vit", config)

@@ -19,7 +19,6 @@ from vit_parity.core.validate import check_input, image_geometry
 __all__ = ["CaiT"]
 
 IMAGE_AXES = ("height", "width")
-CHANNELS = 3  # the seed's CaiT takes RGB images (no channels argument)
 
 
 @records_config
@@ -33,7 +32,7 @@ class CaiT(nnx.Module):
     training each block of both stacks is skipped with probability ``layer_dropout`` (at least one of each stack
     runs), drawn from the 'dropout' stream; ``model(img, keep_layers=...)`` gives that draw explicitly (one boolean
     per block, the ``depth`` patch blocks then the ``cls_depth`` class blocks) in either mode. The draw is an
-    array: a compiled step is traced once whichever blocks it keeps. Takes ``img`` of shape ``(b, h, w, 3)`` with
+    array: a compiled step is traced once whichever blocks it keeps. Takes ``img`` of shape ``(b, h, w, channels)`` with
     ``h, w`` at most ``image_size`` and divisible by ``patch_size``; smaller images use the top-left part of the
     position grid. Features: ``block00`` ... (patches), ``cls/block00`` ... (the class token), ``pre_logits``.
     """
@@ -53,6 +52,7 @@ class CaiT(nnx.Module):
         dropout: float = 0.0,
         emb_dropout: float = 0.0,
         layer_dropout: float = 0.0,
+        channels: int = 3,
         dtype: jnp.dtype | None = None,
         rngs: nnx.Rngs | None = None,
     ) -> None:
@@ -60,13 +60,14 @@ class CaiT(nnx.Module):
         self.size, self.patch_size = image_geometry(image_size, patch_size)
         cait.check_arguments(depth=depth, cls_depth=cls_depth, layer_dropout=layer_dropout)
         self.depths = (depth, cls_depth)
+        self.channels = channels
         self.grid = tuple(s // p for s, p in zip(self.size, self.patch_size))
         stack = dict(
             final_norm=False, block=TalkingHeadsBlock, layer_scale=cait.layer_scale_init(depth),
             layer_dropout=layer_dropout, dtype=dtype, rngs=rngs,
         )  # fmt: skip
 
-        self.to_patch_embedding = PatchEmbed(self.patch_size, CHANNELS, dim, dtype=dtype, rngs=rngs)
+        self.to_patch_embedding = PatchEmbed(self.patch_size, channels, dim, dtype=dtype, rngs=rngs)
         self.pos_embedding = nnx.Param(jax.random.normal(rngs.params(), (1, math.prod(self.grid), dim)))
         self.cls_token = nnx.Param(jax.random.normal(rngs.params(), (1, 1, dim)))
         self.dropout = nnx.Dropout(emb_dropout, rngs=rngs)
@@ -88,7 +89,7 @@ class CaiT(nnx.Module):
     ) -> jax.Array | tuple[jax.Array, dict[str, jax.Array]]:
         features = Features.request(return_features, return_attn)
         check_input(
-            img.shape, name="img", channels_last=True, channels=CHANNELS,
+            img.shape, name="img", channels_last=True, channels=self.channels,
             max_size=self.size, patch=self.patch_size, axis_names=IMAGE_AXES,
         )  # fmt: skip
         keep_patch = keep_cls = None

@@ -18,7 +18,6 @@ from vit_torch.layers import PatchEmbed, crop_grid, with_features
 __all__ = ["CaiT"]
 
 IMAGE_AXES = ("height", "width")
-CHANNELS = 3  # the seed's CaiT takes RGB images (no channels argument)
 
 
 @records_config
@@ -31,7 +30,7 @@ class CaiT(nn.Module):
     branch is layer-scaled (``gamma`` starts at 0.1 up to 18 patch blocks, 1e-5 up to 24, 1e-6 beyond). In
     training each block of both stacks is skipped with probability ``layer_dropout`` (at least one of each stack
     runs); ``forward(img, keep_layers=...)`` gives that draw explicitly (one boolean per block, the ``depth`` patch
-    blocks then the ``cls_depth`` class blocks) in either mode. Takes ``img`` of shape ``(b, 3, h, w)`` with
+    blocks then the ``cls_depth`` class blocks) in either mode. Takes ``img`` of shape ``(b, channels, h, w)`` with
     ``h, w`` at most ``image_size`` and divisible by ``patch_size``; smaller images use the top-left part of the
     position grid. Features: ``block00`` ... (patches), ``cls/block00`` ... (the class token), ``pre_logits``.
     """
@@ -51,18 +50,20 @@ class CaiT(nn.Module):
         dropout: float = 0.0,
         emb_dropout: float = 0.0,
         layer_dropout: float = 0.0,
+        channels: int = 3,
     ) -> None:
         super().__init__()
         self.size, self.patch_size = image_geometry(image_size, patch_size)
         cait.check_arguments(depth=depth, cls_depth=cls_depth, layer_dropout=layer_dropout)
         self.depths = (depth, cls_depth)
+        self.channels = channels
         self.grid = tuple(s // p for s, p in zip(self.size, self.patch_size))
         stack = dict(
             final_norm=False, block=TalkingHeadsBlock, layer_scale=cait.layer_scale_init(depth),
             layer_dropout=layer_dropout,
         )  # fmt: skip
 
-        self.to_patch_embedding = PatchEmbed(self.patch_size, CHANNELS, dim)
+        self.to_patch_embedding = PatchEmbed(self.patch_size, channels, dim)
         self.pos_embedding = nn.Parameter(torch.randn(1, math.prod(self.grid), dim))
         self.cls_token = nn.Parameter(torch.randn(1, 1, dim))
         self.dropout = nn.Dropout(emb_dropout)
@@ -84,7 +85,7 @@ class CaiT(nn.Module):
     ) -> Tensor | tuple[Tensor, dict[str, Tensor]]:
         features = Features.request(return_features, return_attn)
         check_input(
-            img.shape, name="img", channels_last=False, channels=CHANNELS,
+            img.shape, name="img", channels_last=False, channels=self.channels,
             max_size=self.size, patch=self.patch_size, axis_names=IMAGE_AXES,
         )  # fmt: skip
         keep_patch = keep_cls = None

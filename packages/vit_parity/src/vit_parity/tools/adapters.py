@@ -191,6 +191,11 @@ def _image(o: Options, g: Geometry) -> dict[str, Any]:
     return dict(_common(o, g), image_size=g.image_size, patch_size=o.patch_size)
 
 
+def _class_attention(o: Options, g: Geometry) -> dict[str, Any]:
+    """CaiT (and XCiT): ``--depth`` blocks over the patches, then two class-attention blocks (``--set cls_depth=``)."""
+    return dict(_image(o, g), cls_depth=2)
+
+
 def _tokens_to_token(o: Options, g: Geometry) -> dict[str, Any]:
     """T2T's soft splits replace the patches: ``--patch-size`` p (a power of two) becomes log2(p) overlapping
     (3, 2) splits, the same overall stride as patches of p; another p is one (p, p) split. ``--set
@@ -267,10 +272,7 @@ ADAPTERS: dict[str, Adapter | Refusal] = {
     "vit": Adapter(_image),
     "simple_vit": Adapter(_image),
     "deepvit": Adapter(_image),
-    "cait": Refusal(
-        "CaiT takes RGB images (the seed's CaiT has no channels argument) and the built-in data are grey; "
-        "build it in Python (vit_torch.cait.CaiT) or train on a folder of RGB images once it takes them"
-    ),
+    "cait": Adapter(_class_attention),
     "t2t": Adapter(_tokens_to_token),
     "cross_vit": Adapter(_cross_vit),
     "vit_3d": Adapter(_tubelets),

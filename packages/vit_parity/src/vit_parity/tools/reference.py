@@ -706,6 +706,108 @@ _CCT_ONE_HEAD = Difference(
     lambda c: c["num_heads"] == 1,
 )
 
+# ---- DeepViT, CaiT, CrossViT ----------------------------------------------------------------------------------
+
+_SQUARE_ONLY = Difference(
+    "vit-pytorch's model takes a square image_size and patch_size (ints); this one also takes (h, w)",
+    lambda c: not (isinstance(c["image_size"], int) and isinstance(c.get("patch_size", 0), int)),
+)
+
+
+def _split_q_kv(src: str, dst: str) -> Rule:
+    """The reference's bias-free ``to_q`` and ``to_kv`` as our one ``to_qkv`` (rows q, then k, then v)."""
+    return Rule((f"{src}.to_q", f"{src}.to_kv"), dst, "linear", leaves=("weight",), fn=_concat_rows)
+
+
+def _deepvit_layers() -> tuple:
+    """DeepViT's layers: ViT's, with the re-attention's head mixing and head norm inside the attention."""
+    layer, attn = "transformer.layers.{i}", "transformer.blocks.{i}.attn"
+    return (
+        *_layers("transformer", "transformer"),
+        Rule(f"{layer}.0.reattn_weights", f"{attn}.mix_heads_post_attn"),
+        Rule(f"{layer}.0.reattn_norm.1", f"{attn}.head_norm", "layernorm"),
+    )
+
+
+def _flat_scale(arrays: Sequence[np.ndarray], leaf: str, config: Config) -> np.ndarray:
+    """CaiT's layer scale ``(1, 1, dim)`` as our ``gamma`` ``(dim,)``."""
+    return arrays[0].reshape(-1)
+
+
+def _cait_stack(src: str, dst: str, n: str) -> tuple:
+    """A CaiT stack: each layer a layer-scaled talking-heads attention (0) and feed-forward (1)."""
+    layer, block = f"{src}.layers.{{{n}}}", f"{dst}.blocks.{{{n}}}"
+    attn = f"{layer}.0.fn"
+    return (
+        Rule(f"{attn}.norm", f"{block}.norm1", "layernorm"),
+        _split_q_kv(attn, f"{block}.attn.to_qkv"),
+        Rule(f"{attn}.mix_heads_pre_attn", f"{block}.attn.mix_heads_pre_attn"),
+        Rule(f"{attn}.mix_heads_post_attn", f"{block}.attn.mix_heads_post_attn"),
+        Rule(f"{attn}.to_out.0", f"{block}.attn.to_out", "linear"),
+        Rule(f"{layer}.0.scale", f"{block}.ls1.gamma", fn=_flat_scale),
+        *_feedforward(f"{layer}.1.fn.net", block, out=4),
+        Rule(f"{layer}.1.scale", f"{block}.ls2.gamma", fn=_flat_scale),
+    )
+
+
+def _widths_differ(config: Config) -> bool:
+    return config["sm_dim"] != config["lg_dim"]
+
+
+def _cross_vit_counts(config: Config) -> dict[str, int]:
+    names = {"d": "depth", "c": "cross_attn_depth", "sm": "sm_enc_depth", "lg": "lg_enc_depth"}
+    return {field: config[name] for field, name in names.items()}
+
+
+def _cross_vit_one_wide_head(config: Config) -> bool:
+    widths = [
+        (config["sm_enc_heads"], config["sm_enc_dim_head"], config["sm_dim"]),
+        (config["lg_enc_heads"], config["lg_enc_dim_head"], config["lg_dim"]),
+        *((config["cross_attn_heads"], config["cross_attn_dim_head"], c) for c in (config["sm_dim"], config["lg_dim"])),
+    ]
+    return any(heads == 1 and dim_head == dim for heads, dim_head, dim in widths)
+
+
+def _cross_vit_rules() -> tuple:
+    """CrossViT: two image embedders, ``depth`` multi-scale blocks (a transformer per branch (0, 1), then rounds of
+    cross-attention (2): the small branch's class token reads the large branch (0) and the other way round (1)),
+    and a head per branch."""
+    rules: list = []
+    for branch in ("sm", "lg"):
+        rules += [
+            Rule(f"{branch}_image_embedder.cls_token", f"{branch}_image_embedder.cls_token"),
+            Rule(f"{branch}_image_embedder.pos_embedding", f"{branch}_image_embedder.pos_embedding"),
+            *(replace(r, src=f"{branch}_image_embedder.{r.src}", dst=f"{branch}_image_embedder.{r.dst}")
+              for r in _patch_embedding()),
+            Rule(f"{branch}_mlp_head.0", f"{branch}_mlp_head.norm", "layernorm"),
+            Rule(f"{branch}_mlp_head.1", f"{branch}_mlp_head.fc", "linear"),
+        ]  # fmt: skip
+    for index, branch in enumerate(("sm", "lg")):
+        layer = f"multi_scale_encoder.layers.{{d}}.{index}.layers.{{{branch}}}"
+        block = f"multi_scale_encoder.layers.{{d}}.{branch}_transformer.blocks.{{{branch}}}"
+        rules += [
+            Rule(f"{layer}.0.norm", f"{block}.norm1", "layernorm"),
+            _split_q_kv(f"{layer}.0", f"{block}.attn.to_qkv"),
+            Rule(f"{layer}.0.to_out.0", f"{block}.attn.to_out", "linear"),
+            *_feedforward(f"{layer}.1.net", block, out=4),
+            Rule(
+                f"multi_scale_encoder.layers.{{d}}.{index}.norm",
+                f"multi_scale_encoder.layers.{{d}}.{branch}_transformer.norm",
+                "layernorm",
+            ),
+        ]
+        src = f"multi_scale_encoder.layers.{{d}}.2.layers.{{c}}.{index}"
+        dst = f"multi_scale_encoder.layers.{{d}}.{branch}_attend_{'lg' if branch == 'sm' else 'sm'}.{{c}}"
+        rules += [
+            Rule(f"{src}.project_in", f"{dst}.project_in", "linear", when=_widths_differ),
+            Rule(f"{src}.fn.norm", f"{dst}.norm", "layernorm"),
+            _split_q_kv(f"{src}.fn", f"{dst}.attn.to_qkv"),
+            Rule(f"{src}.fn.to_out.0", f"{dst}.attn.to_out", "linear"),
+            Rule(f"{src}.project_out", f"{dst}.project_out", "linear", when=_widths_differ),
+        ]
+    return tuple(rules)
+
+
 # ---- the tables ------------------------------------------------------------------------------------------------
 
 TABLES: dict[str, Table] = {
@@ -808,18 +910,57 @@ TABLES: dict[str, Table] = {
             Rule("mlp_head", "mlp_head", "linear"),
         ),
         counts=_depth,
-        differences=(
-            Difference(
-                "vit-pytorch's T2T takes a square image_size (an int); this one also takes (h, w)",
-                lambda c: not isinstance(c["image_size"], int),
-            ),
-        ),
+        differences=(_SQUARE_ONLY,),
     ),
     "cct": Table(
         reference="vit_pytorch.cct:CCT",
         rules=_cct_rules(),
         counts=lambda c: {"i": c["num_layers"], "c": c["n_conv_layers"]},
         differences=(_CCT_ONE_HEAD,),
+    ),
+    "deepvit": Table(
+        reference="vit_pytorch.deepvit:DeepViT",
+        rules=(
+            Rule("cls_token", "cls_token"),
+            Rule("pos_embedding", "pos_embedding"),
+            *_patch_embedding(),
+            *_deepvit_layers(),
+            Rule("mlp_head.0", "norm", "layernorm"),
+            Rule("mlp_head.1", "mlp_head", "linear"),
+        ),
+        counts=_depth,
+        differences=(_SQUARE_ONLY,),
+    ),
+    "cait": Table(
+        reference="vit_pytorch.cait:CaiT",
+        rules=(
+            Rule("cls_token", "cls_token"),
+            Rule("pos_embedding", "pos_embedding"),
+            *_patch_embedding(),
+            *_cait_stack("patch_transformer", "patch_transformer", "i"),
+            *_cait_stack("cls_transformer", "cls_transformer", "j"),
+            Rule("mlp_head.0", "norm", "layernorm"),
+            Rule("mlp_head.1", "mlp_head", "linear"),
+        ),
+        counts=lambda c: {"i": c["depth"], "j": c["cls_depth"]},
+        fixed={"channels": 3},  # the reference's CaiT takes RGB images
+        differences=(_SQUARE_ONLY,),
+    ),
+    "cross_vit": Table(
+        reference="vit_pytorch.cross_vit:CrossViT",
+        rules=_cross_vit_rules(),
+        counts=_cross_vit_counts,
+        differences=(
+            Difference(
+                "vit-pytorch's CrossViT takes a square image_size and patch sizes (ints); this one also takes (h, w)",
+                lambda c: not all(isinstance(c[k], int) for k in ("image_size", "sm_patch_size", "lg_patch_size")),
+            ),
+            Difference(
+                "with one head as wide as its stream (heads=1, dim_head=dim) this library's attention has no "
+                "output projection; the reference's CrossViT keeps one",
+                _cross_vit_one_wide_head,
+            ),
+        ),
     ),
     "navit": Table(
         reference="vit_pytorch.na_vit:NaViT",

@@ -22,7 +22,7 @@ register(
             # mean pooling normalizes the pooled token (pool, then norm); a smaller, non-square input, one channel
             Case(
                 "mean-rect-smaller-input",
-                dict(_SMALL, image_size=(16, 12), patch_size=4, pool="mean", heads=3, channels=1),
+                dict(_SMALL, image_size=16, patch_size=4, pool="mean", heads=3, channels=1),
                 (image(c=1, h=8, w=12),),
                 ("b", 10),
             ),
