@@ -106,7 +106,11 @@ def test_cct_tokenizer_pads_explicitly_and_the_presets() -> None:
                    "num_heads": 4, "mlp_ratio": 2, "embedding_dim": 256, "kernel_size": 5, "stride": 1,
                    "padding": 2}  # fmt: skip
     assert [b.drop_path.drop_prob for b in model.transformer.blocks] == pytest.approx(np.linspace(0, 0.1, 7))
-    assert all(name in cct.__all__ for name in ("cct_2", "cct_4", "cct_6", "cct_7", "cct_8", "cct_14", "cct_16"))
+    names = ("cct_2", "cct_4", "cct_6", "cct_7", "cct_8", "cct_14", "cct_16")
+    assert all(name in cct.__all__ and getattr(cct, name).__name__ == name for name in names)
+    built = [nnx.eval_shape(lambda n=n: getattr(cct, n)(img_size=16, num_classes=2)) for n in names]
+    layers = [model.config["num_layers"] for model in built]
+    assert layers == [2, 4, 6, 7, 8, 14, 16]
 
 
 def test_cct_bad_arguments_and_input() -> None:

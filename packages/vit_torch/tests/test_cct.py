@@ -137,7 +137,7 @@ def test_cct_positional_arguments_follow_the_reference_order() -> None:
      ("cct_8", 8, 4, 2, 256), ("cct_14", 14, 6, 3, 384), ("cct_16", 16, 6, 3, 384)],
 )  # fmt: skip
 def test_cct_presets(preset: str, layers: int, heads: int, ratio: int, dim: int) -> None:
-    assert preset in cct.__all__
+    assert preset in cct.__all__ and getattr(cct, preset).__name__ == preset  # each name builds its own preset
     with torch.device("meta"):  # shapes only
         model = getattr(cct, preset)(img_size=32, num_classes=7)
     assert isinstance(model, cct.CCT)

@@ -10,7 +10,6 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Callable, Sequence
-from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -184,37 +183,4 @@ class CCT(CompactTransformer):
         )  # fmt: skip
 
 
-def cct_2(**kwargs: Any) -> CCT:
-    """CCT-2: the ``cct_2`` row of :data:`vit_parity.core.facts.cct.PRESETS`; kernel, stride, padding and
-    other keyword arguments as :func:`vit_parity.core.facts.cct.preset` takes them."""
-    return CCT(**cct.preset("cct_2", **kwargs))
-
-
-def cct_4(**kwargs: Any) -> CCT:
-    """CCT-4: as :func:`cct_2`, with the ``cct_4`` preset."""
-    return CCT(**cct.preset("cct_4", **kwargs))
-
-
-def cct_6(**kwargs: Any) -> CCT:
-    """CCT-6: as :func:`cct_2`, with the ``cct_6`` preset."""
-    return CCT(**cct.preset("cct_6", **kwargs))
-
-
-def cct_7(**kwargs: Any) -> CCT:
-    """CCT-7: as :func:`cct_2`, with the ``cct_7`` preset."""
-    return CCT(**cct.preset("cct_7", **kwargs))
-
-
-def cct_8(**kwargs: Any) -> CCT:
-    """CCT-8: as :func:`cct_2`, with the ``cct_8`` preset."""
-    return CCT(**cct.preset("cct_8", **kwargs))
-
-
-def cct_14(**kwargs: Any) -> CCT:
-    """CCT-14: as :func:`cct_2`, with the ``cct_14`` preset."""
-    return CCT(**cct.preset("cct_14", **kwargs))
-
-
-def cct_16(**kwargs: Any) -> CCT:
-    """CCT-16: as :func:`cct_2`, with the ``cct_16`` preset."""
-    return CCT(**cct.preset("cct_16", **kwargs))
+cct_2, cct_4, cct_6, cct_7, cct_8, cct_14, cct_16 = cct.preset_builders(CCT, __name__)

@@ -9,7 +9,7 @@ padding and floor rounding. A backend builds its image model from :func:`image_g
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -28,6 +28,7 @@ __all__ = [
     "geometry",
     "image_geometry",
     "preset",
+    "preset_builders",
     "stochastic_depth_rates",
     "token_grid",
 ]
@@ -262,3 +263,24 @@ def preset(
     stride = max(1, kernel_size // 2 - 1) if stride is None else stride
     padding = max(1, kernel_size // 2) if padding is None else padding
     return {**table, "kernel_size": kernel_size, "stride": stride, "padding": padding, **kwargs}
+
+
+def preset_builders(model: Callable[..., Any], module: str) -> tuple[Callable[..., Any], ...]:
+    """One function per preset, in the order of :data:`PRESETS` (``cct_2, cct_4, ..., cct_16``), each building
+    ``model`` (a backend's ``CCT`` class) with that preset's arguments; ``module`` is the module that exports them.
+    """
+
+    def builder(name: str) -> Callable[..., Any]:
+        def build(**kwargs: Any) -> Any:
+            return model(**preset(name, **kwargs))
+
+        build.__name__ = build.__qualname__ = name
+        build.__module__ = module
+        build.__doc__ = (
+            f"{name.upper().replace('_', '-')}: ``{model.__name__}`` with the ``{name}`` row of "
+            f":data:`vit_parity.core.facts.cct.PRESETS` (layers, heads, mlp ratio, width); kernel, stride, padding "
+            f"and the other keyword arguments as :func:`vit_parity.core.facts.cct.preset` takes them."
+        )
+        return build
+
+    return tuple(builder(name) for name in PRESETS)
