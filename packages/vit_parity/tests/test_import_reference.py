@@ -15,7 +15,7 @@ from cli_helpers import fails, one_thread, run  # noqa: F401 (one_thread: autous
 import vit_torch
 from vit_parity.core import checkpoint as ckpt_io
 from vit_parity.core.config import to_json
-from vit_parity.core.convert import RULES
+from vit_parity.core.convert import RULES, TORCH_ONLY
 from vit_parity.core.spec import REGISTRY
 from vit_parity.tools import reference
 from vit_parity.tools.reference import Rule
@@ -196,9 +196,10 @@ def test_tables_name_the_models_kinds(arch: str, case: Any) -> None:
         return  # refused on purpose (tests_reference checks why)
     torch.manual_seed(0)
     model = case.build("torch", REGISTRY[arch].load_class("torch"))
-    assert ours == model.config
+    checked_with = {k: v for k, v in reference.TABLES[arch].check_with.items() if k in model.config}
+    assert ours == {**model.config, **checked_with}
     assert reference.module_kinds(arch, ours) == module_kinds(model)
     for rule in reference.TABLES[arch].rules:
         if isinstance(rule, Rule) and rule.dst is not None:
-            allowed = {leaf for leaf, *_ in RULES[rule.kind]}
+            allowed = {leaf for leaf, *_ in RULES[rule.kind]} | set(TORCH_ONLY.get(rule.kind, {}))
             assert set(rule.leaf_map().values()) | set(rule.fill) <= allowed, rule

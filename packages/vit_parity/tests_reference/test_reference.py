@@ -68,6 +68,11 @@ INPUT_DIFFERS: dict[tuple[str, str], tuple[str, dict[str, int]]] = {
         "top-left part of its position grid",
         {"h": 16, "w": 16},
     ),
+    ("xcit", "kernel-5-layer-dropout-rect-smaller-input"): (
+        "on a smaller image the reference adds the first entries of its flattened position table, this XCiT the "
+        "top-left part of its position grid",
+        {"h": 16, "w": 16},
+    ),
     ("cct", "sine-two-convs-even-kernel-smaller-input"): (
         "the reference adds its whole positional table and fails on a smaller image",
         {"h": 16, "w": 12},
@@ -116,9 +121,10 @@ def build_reference(arch: str, config: dict[str, Any], seed: int = SEED) -> torc
     """The reference model of ``config`` (its arguments), seeded, in eval mode, with its norms perturbed.
 
     Its constructor leaves the norms at one and zero, under which a swapped norm or a lost bias would go unseen:
-    every 1-D tensor the import reads gets seeded noise, and so does every constant one (the masked NaViT's
-    per-head query/key scales) along its last axis, the same for every head (this library shares them across
-    heads; see the refusal test). Weights, embeddings and tokens stay as the constructor drew them.
+    every 1-D tensor the import reads gets seeded noise (a running variance a positive factor), and so does every
+    constant one (the masked NaViT's per-head query/key scales) along its last axis, the same for every head (this
+    library shares them across heads; see the refusal test). Weights, embeddings and tokens stay as the
+    constructor drew them.
     """
     torch.manual_seed(seed)
     model = reference_class(arch)(**config).eval()
@@ -131,7 +137,9 @@ def build_reference(arch: str, config: dict[str, Any], seed: int = SEED) -> torc
         for name, tensor in model.state_dict().items():
             if name not in kept or not tensor.is_floating_point() or not tensor.numel():
                 continue
-            if tensor.ndim == 1:
+            if name.endswith("running_var"):  # a variance stays positive
+                tensor *= torch.exp(0.5 * torch.randn(tensor.shape, generator=gen))
+            elif tensor.ndim == 1:
                 tensor += 0.5 * torch.randn(tensor.shape, generator=gen)
             elif bool((tensor == tensor.flatten()[0]).all()):
                 tensor += 0.5 * torch.randn(tensor.shape[-1:], generator=gen)
@@ -177,6 +185,7 @@ def test_same_logits(arch: str, case: Case) -> None:
     differs = INPUT_DIFFERS.get((arch, case.name))
     inputs = case.sample("torch", SEED) if differs is None else full_size(case, differs[1])
     want, got = logits(arch, case, ref_model, inputs), logits(arch, case, ours, inputs)
+    assert np.isfinite(want).all()
     np.testing.assert_allclose(got, want, rtol=RTOL, atol=ATOL)
 
 
@@ -299,3 +308,21 @@ def test_cross_vit_one_wide_head_keeps_a_projection_in_the_reference() -> None:
     assert "multi_scale_encoder.layers.0.0.layers.0.0.to_out.0.weight" in state
     with pytest.raises(ReferenceImportError, match="no output projection"):
         reference.our_config("cross_vit", config)
+
+
+@pytest.mark.parametrize("arch", ["cait", "xcit"])
+def test_layer_dropout_draws_in_eval_mode_in_the_reference(arch: str) -> None:
+    """A reference bug: CaiT's and XCiT's layer dropout never reads ``self.training``, so with ``layer_dropout > 0``
+    two eval-mode calls disagree; ours draws only in training. The check builds the reference without it (the
+    table's check_with: the same weights)."""
+    config = {**reference.reference_config(arch, REGISTRY[arch].cases[0].config), "layer_dropout": 0.5, "depth": 4}
+    model = build_reference(arch, config)
+    img = torch.from_numpy(REGISTRY[arch].cases[0].sample("torch", SEED)[0])
+    with torch.no_grad():
+        torch.manual_seed(1)
+        first = model(img)
+        assert any(not torch.allclose(first, model(img)) for _ in range(5))
+    ours = imported(arch, model, config)
+    with torch.no_grad():
+        assert torch.equal(ours(img), ours(img))
+    assert reference.TABLES[arch].check_with == {"layer_dropout": 0.0}

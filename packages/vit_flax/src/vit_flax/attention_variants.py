@@ -11,7 +11,9 @@ Mirrors ``vit_torch.attention_variants``: same classes, arguments and attribute 
   :class:`~vit_flax.layers.Transformer` stacks it (``block=TalkingHeadsBlock``, options through the stack).
 - :class:`LayerDropout` draws which blocks of a stack run in a training call ("Reducing Transformer Depth on
   Demand with Structured Dropout", Fan et al., 2019); :class:`LayerDropTransformer` is a stack that applies
-  that draw, and passes a ``context`` to its blocks.
+  that draw, and passes a ``context`` (and any other keyword, e.g. XCiT's patch ``grid``) to its blocks.
+- :class:`CrossCovarianceAttention`: attention over the feature axis (XCiT's cross-covariance attention,
+  El-Nouby et al., 2021): each head's ``(dim_head, dim_head)`` map from L2-normalized queries and keys.
 """
 
 from __future__ import annotations
@@ -215,6 +217,11 @@ class LayerDropout(nnx.Module):
         return ~drop | (jnp.all(drop) & (jnp.arange(n) == rescued))
 
 
+def _batch_stats(module: nnx.Module) -> list[nnx.BatchStat]:
+    """The batch-statistics variables (BatchNorm's running mean and variance) held anywhere in ``module``."""
+    return [node for _, node in nnx.iter_graph(module) if isinstance(node, nnx.BatchStat)]
+
+
 class LayerDropTransformer(Transformer):
     """A :class:`~vit_flax.layers.Transformer` whose blocks are dropped at random in training (``layer_dropout``,
     see :class:`LayerDropout`) and read a ``context`` (class attention's patches).
@@ -222,7 +229,9 @@ class LayerDropTransformer(Transformer):
     ``__call__(x, keep=..., context=..., features=f, prefix=...)``: ``keep`` (one boolean per block) is an explicit
     draw. A dropped block's output is its input (``jnp.where`` on the block's output: every block is computed and
     the shapes do not depend on the draw), and with ``return_attn`` its attention maps are zeros (it attended to
-    nothing), so the labels are the same whichever blocks ran.
+    nothing), so the labels are the same whichever blocks ran. A dropped block's batch statistics (BatchNorm's
+    running mean and variance) are put back as they were, as if it had not run (torch's stack skips it). Other
+    keyword arguments (``grid=`` for XCiT's block) go to every block unchanged.
     """
 
     def __init__(
@@ -250,20 +259,86 @@ class LayerDropTransformer(Transformer):
         context: Array | None = None,
         features: Features | None = None,
         prefix: str = "",
+        **block_options: Any,
     ) -> Array:
         flags = self.layer_dropout(len(self.blocks), keep)
-        extra = {} if context is None else {"context": context}
+        extra = block_options if context is None else {**block_options, "context": context}
         record_attn = features is not None and features.attn
         for i, block in enumerate(self.blocks):
             label = block_label(i, prefix)
+            stats = _batch_stats(block) if flags is not None else []
+            before = [v[...] for v in stats]
             out = block(x, mask, return_attn=record_attn, **extra)
             y, attn = out if record_attn else (out, None)
             if flags is not None:
                 y = jnp.where(flags[i], y, x)
                 attn = None if attn is None else jnp.where(flags[i], attn, jnp.zeros_like(attn))
+                for v, old in zip(stats, before):
+                    v[...] = jnp.where(flags[i], v[...], old)
             x = y
             if record_attn:
                 features.add_attn(label, attn)
             if features is not None:
                 features.add(label, x)
         return x if self.norm is None else self.norm(x)
+
+
+def l2_normalize(x: Array, eps: float = 1e-12) -> Array:
+    """``x`` divided by its L2 norm over the last axis (at least ``eps``), as torch's ``F.normalize``."""
+    return x / jnp.maximum(jnp.sqrt(jnp.sum(jnp.square(x), axis=-1, keepdims=True)), eps)
+
+
+class CrossCovarianceAttention(nnx.Module):
+    """Cross-covariance attention ("XCiT: Cross-Covariance Image Transformers", El-Nouby et al., 2021).
+
+    Attention over the feature axis instead of the tokens: for each head, the queries and keys ``(d, n)`` (features
+    by tokens) are L2-normalized along the tokens, their ``(d, d)`` cosine similarities are scaled by
+    ``exp(temperature)`` (a learned ``(heads, 1, 1)`` parameter starting at ones, so the logits start scaled by
+    ``e``; imported weights keep that meaning), softmaxed over the last axis, dropped out, and mix the value
+    features at every token; then ``to_out``. Cost is linear in the number of tokens.
+
+    Plugs into :class:`~vit_flax.layers.Block` as its ``attn``: ``__call__(x, mask=None, return_attn=...)`` on
+    ``(b, n, dim)``; ``return_attn=True`` also returns the softmax's maps ``(b, heads, dim_head, dim_head)``, each row
+    summing to one. A token mask has no meaning here (no token attends to another) and is refused.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        heads: int = 8,
+        dim_head: int = 64,
+        dropout: float = 0.0,
+        *,
+        qkv_bias: bool = False,
+        attn_dropout: float | None = None,
+        dtype: jnp.dtype | None = None,
+        rngs: nnx.Rngs,
+    ) -> None:
+        inner = heads * dim_head
+        self.heads = heads
+        self.dim_head = dim_head
+        self.to_qkv = nnx.Linear(dim, inner * 3, use_bias=qkv_bias, dtype=dtype, rngs=rngs)
+        self.temperature = nnx.Param(jnp.ones((heads, 1, 1), jnp.float32))
+        self.attn_drop = nnx.Dropout(dropout if attn_dropout is None else attn_dropout, rngs=rngs)
+        self.to_out = nnx.Linear(inner, dim, dtype=dtype, rngs=rngs)
+        self.out_drop = nnx.Dropout(dropout, rngs=rngs)
+
+    @property
+    def init_rules(self) -> dict[str, tuple]:
+        """For the shared initializer (``vit_parity.core.init``): ``temperature`` starts at ones (a scale of ``e``)."""
+        return {"temperature": ("ones",)}
+
+    def __call__(
+        self, x: Array, mask: Array | None = None, *, return_attn: bool = False
+    ) -> Array | tuple[Array, Array]:
+        if mask is not None:
+            raise ValueError("CrossCovarianceAttention takes no mask: it attends over features, not between tokens")
+        b, n, _ = x.shape
+        # (b, n, 3 * h * d) to three (b, h, d, n): features by tokens, in one transpose
+        q, k, v = self.to_qkv(x).reshape(b, n, 3, self.heads, -1).transpose(2, 0, 3, 4, 1)
+        q, k = l2_normalize(q), l2_normalize(k)
+        logits = jnp.einsum("bhin,bhjn->bhij", q, k) * jnp.exp(self.temperature[...]).astype(q.dtype)
+        probs = jax.nn.softmax(logits, axis=-1)
+        out = self.attn_drop(probs) @ v  # (b, h, d, n)
+        out = self.out_drop(self.to_out(out.transpose(0, 3, 1, 2).reshape(b, n, -1)))
+        return (out, probs) if return_attn else out

@@ -9,7 +9,9 @@
   :class:`~vit_torch.layers.Transformer` stacks it (``block=TalkingHeadsBlock``, options through the stack).
 - :class:`LayerDropout` draws which blocks of a stack run in a training call ("Reducing Transformer Depth on
   Demand with Structured Dropout", Fan et al., 2019); :class:`LayerDropTransformer` is a stack that runs only
-  those, and passes a ``context`` to its blocks.
+  those, and passes a ``context`` (and any other keyword, e.g. XCiT's patch ``grid``) to its blocks.
+- :class:`CrossCovarianceAttention`: attention over the feature axis (XCiT's cross-covariance attention,
+  El-Nouby et al., 2021): each head's ``(dim_head, dim_head)`` map from L2-normalized queries and keys.
 """
 
 from __future__ import annotations
@@ -221,7 +223,7 @@ class LayerDropTransformer(Transformer):
     ``forward(x, keep=..., context=..., features=f, prefix=...)``: ``keep`` (one boolean per block) is an explicit
     draw; a dropped block's output is its input, and with ``return_attn`` its attention maps are zeros (it attended
     to nothing; their shape comes from the attention's ``attn_shape``), so the labels are the same whichever blocks
-    ran.
+    ran. Other keyword arguments (``grid=`` for XCiT's block) go to every block unchanged.
     """
 
     def __init__(
@@ -248,9 +250,10 @@ class LayerDropTransformer(Transformer):
         context: Tensor | None = None,
         features: Features | None = None,
         prefix: str = "",
+        **block_options: Any,
     ) -> Tensor:
         flags = self.layer_dropout(len(self.blocks), keep)
-        extra = {} if context is None else {"context": context}
+        extra = block_options if context is None else {**block_options, "context": context}
         for i, block in enumerate(self.blocks):
             label = block_label(i, prefix)
             if flags is not None and not flags[i]:
@@ -265,3 +268,65 @@ class LayerDropTransformer(Transformer):
             if features is not None:
                 features.add(label, x)
         return self.norm(x)
+
+
+def l2_normalize(x: Tensor, eps: float = 1e-12) -> Tensor:
+    """``x`` divided by its L2 norm over the last axis (at least ``eps``), as ``F.normalize``."""
+    return x / x.norm(dim=-1, keepdim=True).clamp_min(eps)
+
+
+class CrossCovarianceAttention(nn.Module):
+    """Cross-covariance attention ("XCiT: Cross-Covariance Image Transformers", El-Nouby et al., 2021).
+
+    Attention over the feature axis instead of the tokens: for each head, the queries and keys ``(d, n)`` (features
+    by tokens) are L2-normalized along the tokens, their ``(d, d)`` cosine similarities are scaled by
+    ``exp(temperature)`` (a learned ``(heads, 1, 1)`` parameter starting at ones, so the logits start scaled by
+    ``e``; imported weights keep that meaning), softmaxed over the last axis, dropped out, and mix the value
+    features at every token; then ``to_out``. Cost is linear in the number of tokens.
+
+    Plugs into :class:`~vit_torch.layers.Block` as its ``attn``: ``forward(x, mask=None, return_attn=...)`` on
+    ``(b, n, dim)``; ``return_attn=True`` also returns the softmax's maps ``(b, heads, dim_head, dim_head)``, each row
+    summing to one. A token mask has no meaning here (no token attends to another) and is refused.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        heads: int = 8,
+        dim_head: int = 64,
+        dropout: float = 0.0,
+        *,
+        qkv_bias: bool = False,
+        attn_dropout: float | None = None,
+    ) -> None:
+        super().__init__()
+        inner = heads * dim_head
+        self.heads = heads
+        self.dim_head = dim_head
+        self.to_qkv = nn.Linear(dim, inner * 3, bias=qkv_bias)
+        self.temperature = nn.Parameter(torch.ones(heads, 1, 1))
+        self.attn_drop = nn.Dropout(dropout if attn_dropout is None else attn_dropout)
+        self.to_out = nn.Linear(inner, dim)
+        self.out_drop = nn.Dropout(dropout)
+
+    @property
+    def init_rules(self) -> dict[str, tuple]:
+        """For the shared initializer (``vit_parity.core.init``): ``temperature`` starts at ones (a scale of ``e``)."""
+        return {"temperature": ("ones",)}
+
+    def forward(
+        self, x: Tensor, mask: Tensor | None = None, *, return_attn: bool = False
+    ) -> Tensor | tuple[Tensor, Tensor]:
+        if mask is not None:
+            raise ValueError("CrossCovarianceAttention takes no mask: it attends over features, not between tokens")
+        # (b, n, h * d) to (b, h, d, n): features by tokens
+        q, k, v = (t.unflatten(-1, (self.heads, -1)).permute(0, 2, 3, 1) for t in self.to_qkv(x).chunk(3, dim=-1))
+        q, k = l2_normalize(q), l2_normalize(k)
+        probs = ((q @ k.transpose(-2, -1)) * self.temperature.exp()).softmax(dim=-1)
+        out = self.attn_drop(probs) @ v  # (b, h, d, n)
+        out = self.out_drop(self.to_out(out.permute(0, 3, 1, 2).flatten(-2)))
+        return (out, probs) if return_attn else out
+
+    def attn_shape(self, x: Tensor, context: Tensor | None = None) -> tuple[int, int, int, int]:
+        """The shape of the maps ``forward(x, return_attn=True)`` returns: ``(b, heads, dim_head, dim_head)``."""
+        return (x.shape[0], self.heads, self.dim_head, self.dim_head)

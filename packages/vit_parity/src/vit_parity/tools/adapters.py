@@ -273,6 +273,7 @@ ADAPTERS: dict[str, Adapter | Refusal] = {
     "simple_vit": Adapter(_image),
     "deepvit": Adapter(_image),
     "cait": Adapter(_class_attention),
+    "xcit": Adapter(_class_attention),
     "t2t": Adapter(_tokens_to_token),
     "cross_vit": Adapter(_cross_vit),
     "vit_3d": Adapter(_tubelets),

@@ -1,6 +1,8 @@
 """Cross-backend parity: same weights (converted), same input (relaid), eval mode, same numbers.
 
-Needs both vit_torch and vit_flax. Compares the logits and every transformer block's output.
+Needs both vit_torch and vit_flax. Compares the logits and every transformer block's output. A model holding
+BatchNorm is also run once with only its BatchNorm layers in training mode (:func:`batchnorm_train_step`): the
+outputs and the updated running statistics must agree as well.
 """
 
 from __future__ import annotations
@@ -128,4 +130,88 @@ def run_case(
             got = np.asarray(case.feature("flax", f_in, label, f_feats[label]))
             want = np.asarray(case.feature("torch", t_in, label, t_feats[label]))
             diffs.append(compare(label, got, want, rtol, atol))
+    if has_batchnorm(torch_model):
+        diffs += batchnorm_train_step(case, torch_model, flax_model, t_in, f_in, rtol=rtol, atol=atol)
+    return diffs
+
+
+def has_batchnorm(torch_model: Any) -> bool:
+    """Whether the torch model holds a BatchNorm layer (then parity also runs :func:`batchnorm_train_step`)."""
+    from torch import nn
+
+    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in torch_model.modules())
+
+
+def batchnorm_train_step(
+    case: Case,
+    torch_model: Any,
+    flax_model: Any,
+    t_in: tuple[Any, ...],
+    f_in: tuple[Any, ...],
+    *,
+    rtol: float = RTOL,
+    atol: float = ATOL,
+) -> list[Diff]:
+    """One forward pass with only the BatchNorm layers in training mode, in both backends, on the same input.
+
+    Everything else stays in eval mode (dropout and layer dropout draw nothing), so the two passes compute the same
+    function: BatchNorm normalizes with the batch's statistics and updates its running ones. Compares the outputs
+    and labelled features (``bn-train/logits``, ``bn-train/block00`` ...), every running mean and variance after
+    the update (``bn-train/<torch key>``, flax's converted to the torch layout) and the outputs of an eval pass with
+    the updated statistics (``bn-eval-updated/...``: eval-mode parity with statistics other than the initial zeros
+    and ones). Both models are put back as they were (weights, statistics, eval mode) before returning.
+    """
+    import jax
+    import torch
+    from flax import nnx
+    from torch import nn
+
+    from vit_flax.checkpoint import module_kinds as flax_kinds
+    from vit_flax.checkpoint import state_numpy as flax_state
+    from vit_parity.core.convert import convert
+    from vit_torch.checkpoint import state_numpy as torch_state
+
+    features = takes_features(torch_model)
+
+    def outputs(prefix: str) -> list[Diff]:
+        with strict_float32(), torch.no_grad():
+            t_out, t_feats = torch_model(*t_in, return_features=True) if features else (torch_model(*t_in), {})
+            f_out, f_feats = flax_model(*f_in, return_features=True) if features else (flax_model(*f_in), {})
+        t_leaves = output_leaves(case.logits("torch", t_in, t_out))
+        f_leaves = output_leaves(case.logits("flax", f_in, f_out))
+        diffs = [
+            compare(f"{prefix}/{'logits' if label == 'output' else label}", np.asarray(f), np.asarray(t), rtol, atol)
+            for (label, t), (_, f) in zip(t_leaves, f_leaves)
+        ]
+        for label in (k for k in t_feats if k in f_feats):
+            got = np.asarray(case.feature("flax", f_in, label, f_feats[label]))
+            want = np.asarray(case.feature("torch", t_in, label, t_feats[label]))
+            diffs.append(compare(f"{prefix}/{label}", got, want, rtol, atol))
+        return diffs
+
+    saved_torch = {k: v.detach().clone() for k, v in torch_model.state_dict().items()}
+    saved_flax = jax.tree.map(lambda x: x, nnx.state(flax_model, nnx.BatchStat))  # arrays: a snapshot
+    try:
+        torch_model.eval()
+        for m in torch_model.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                m.train()
+        flax_model.eval()
+        for _, node in nnx.iter_graph(flax_model):
+            if isinstance(node, nnx.BatchNorm):
+                node.use_running_average = False
+        diffs = outputs("bn-train")
+        want = torch_state(torch_model)
+        got = convert(flax_state(flax_model), flax_kinds(flax_model), source="flax", target="torch")
+        for k in (k for k in want if k.endswith((".running_mean", ".running_var"))):
+            missing = Diff(f"bn-train/{k} missing in flax", np.inf, np.inf, False)
+            diffs.append(compare(f"bn-train/{k}", got[k], want[k], rtol, atol) if k in got else missing)
+        torch_model.eval()
+        flax_model.eval()
+        diffs += outputs("bn-eval-updated")
+    finally:
+        torch_model.load_state_dict(saved_torch)
+        torch_model.eval()
+        nnx.update(flax_model, saved_flax)
+        flax_model.eval()
     return diffs

@@ -351,7 +351,9 @@ def import_state(arch: str, reference_state: Mapping[str, np.ndarray], config: C
             made = step.make([np.asarray(reference_state[k]) for k in step.sources])
         except ReferenceImportError as err:
             raise ReferenceImportError(f"{arch}: {', '.join(step.sources)}: {err}") from None
-        tensors.update({_key(step.module, leaf): np.ascontiguousarray(v) for leaf, v in made.items()})
+        tensors.update(
+            {_key(step.module, leaf): np.require(v, requirements="C") for leaf, v in made.items()}
+        )  # keeps 0-d
     extra = {"imported": {"library": LIBRARY, "class": tbl.reference}}
     return Checkpoint(arch=arch, config=ours, layout="torch", kinds=kinds, tensors=tensors, extra=extra)
 
@@ -808,6 +810,49 @@ def _cross_vit_rules() -> tuple:
     return tuple(rules)
 
 
+# ---- XCiT ------------------------------------------------------------------------------------------------------
+
+
+def _class_token(arrays: Sequence[np.ndarray], leaf: str, config: Config) -> np.ndarray:
+    """XCiT's class token ``(dim,)`` as ours ``(1, 1, dim)``."""
+    return arrays[0].reshape(1, 1, -1)
+
+
+def _xcit_rules() -> tuple:
+    """XCiT: XCA layers (0: layer-scaled cross-covariance attention, 1: local patch interaction, 2: feed-forward),
+    the final norm, then CaiT-like class-attention layers without head mixing."""
+    layer, block = "xcit_transformer.layers.{i}", "xcit_transformer.blocks.{i}"
+    xca, lpi = f"{layer}.0.fn", f"{layer}.1.fn.net"
+    cls_layer, cls_block = "cls_transformer.layers.{j}", "cls_transformer.blocks.{j}"
+    bn_leaves = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
+    return (
+        Rule("cls_token", "cls_token", fn=_class_token),
+        Rule("pos_embedding", "pos_embedding"),
+        *_patch_embedding(),
+        Rule(f"{xca}.norm", f"{block}.norm1", "layernorm"),
+        Rule(f"{xca}.to_qkv", f"{block}.attn.to_qkv", "linear", leaves=("weight",)),
+        Rule(f"{xca}.temperature", f"{block}.attn.temperature"),
+        Rule(f"{xca}.to_out.0", f"{block}.attn.to_out", "linear"),
+        Rule(f"{layer}.0.scale", f"{block}.ls1.gamma"),
+        Rule(f"{lpi}.0", f"{block}.norm_lpi", "layernorm"),
+        Rule(f"{lpi}.2", f"{block}.lpi.conv1", "conv"),
+        Rule(f"{lpi}.3", f"{block}.lpi.bn", "batchnorm", leaves=bn_leaves),
+        Rule(f"{lpi}.5", f"{block}.lpi.conv2", "conv"),
+        Rule(f"{layer}.1.scale", f"{block}.ls_lpi.gamma"),
+        *_feedforward(f"{layer}.2.fn.net", block, out=4),
+        Rule(f"{layer}.2.scale", f"{block}.ls2.gamma"),
+        Rule("final_norm", "xcit_transformer.norm", "layernorm"),
+        Rule(f"{cls_layer}.0.fn.norm", f"{cls_block}.norm1", "layernorm"),
+        _split_q_kv(f"{cls_layer}.0.fn", f"{cls_block}.attn.to_qkv"),
+        Rule(f"{cls_layer}.0.fn.to_out.0", f"{cls_block}.attn.to_out", "linear"),
+        Rule(f"{cls_layer}.0.scale", f"{cls_block}.ls1.gamma"),
+        *_feedforward(f"{cls_layer}.1.fn.net", cls_block, out=4),
+        Rule(f"{cls_layer}.1.scale", f"{cls_block}.ls2.gamma"),
+        Rule("mlp_head.0", "norm", "layernorm"),
+        Rule("mlp_head.1", "mlp_head", "linear"),
+    )
+
+
 # ---- the tables ------------------------------------------------------------------------------------------------
 
 TABLES: dict[str, Table] = {
@@ -945,6 +990,8 @@ TABLES: dict[str, Table] = {
         counts=lambda c: {"i": c["depth"], "j": c["cls_depth"]},
         fixed={"channels": 3},  # the reference's CaiT takes RGB images
         differences=(_SQUARE_ONLY,),
+        # the reference drops layers in eval mode too (it never reads self.training): check it without
+        check_with={"layer_dropout": 0.0},
     ),
     "cross_vit": Table(
         reference="vit_pytorch.cross_vit:CrossViT",
@@ -961,6 +1008,15 @@ TABLES: dict[str, Table] = {
                 _cross_vit_one_wide_head,
             ),
         ),
+    ),
+    "xcit": Table(
+        reference="vit_pytorch.xcit:XCiT",
+        rules=_xcit_rules(),
+        counts=lambda c: {"i": c["depth"], "j": c["cls_depth"]},
+        fixed={"channels": 3},  # the reference's XCiT takes RGB images
+        differences=(_SQUARE_ONLY,),
+        # the reference drops layers in eval mode too (it never reads self.training): check it without
+        check_with={"layer_dropout": 0.0},
     ),
     "navit": Table(
         reference="vit_pytorch.na_vit:NaViT",

@@ -18,11 +18,14 @@ def layer_scale_init(depth: int) -> float:
     return 1e-6
 
 
-def check_arguments(*, depth: int, cls_depth: int, layer_dropout: float) -> None:
+def check_arguments(
+    *, depth: int, cls_depth: int, layer_dropout: float, depth_means: str = "patch self-attention blocks"
+) -> None:
     """Raise naming the argument at fault: ``depth`` at least 0, ``cls_depth`` at least 1 (the class token must read
-    the patches at least once), ``layer_dropout`` a probability in [0, 1)."""
+    the patches at least once), ``layer_dropout`` a probability in [0, 1). ``depth_means`` says what ``depth``
+    counts (XCiT's are cross-covariance blocks)."""
     if isinstance(depth, bool) or not isinstance(depth, int) or depth < 0:
-        raise ValueError(f"depth (patch self-attention blocks) must be an int >= 0, got {depth!r}")
+        raise ValueError(f"depth ({depth_means}) must be an int >= 0, got {depth!r}")
     if isinstance(cls_depth, bool) or not isinstance(cls_depth, int) or cls_depth < 1:
         raise ValueError(
             f"cls_depth (class-attention blocks) must be an int >= 1: the class token reads the patches there, "

@@ -125,6 +125,10 @@ SIGNATURES: dict[str, Signature] = {
         image_size=_R, patch_size=_R, num_classes=_R, dim=_R, depth=_R, cls_depth=_R, heads=_R, mlp_dim=_R,
         dim_head=64, dropout=0.0, emb_dropout=0.0, layer_dropout=0.0, channels=3,
     ),
+    "xcit": Signature.of(
+        image_size=_R, patch_size=_R, num_classes=_R, dim=_R, depth=_R, cls_depth=_R, heads=_R, mlp_dim=_R,
+        dim_head=64, dropout=0.0, emb_dropout=0.0, local_patch_kernel_size=3, layer_dropout=0.0, channels=3,
+    ),
     "navit": _NAVIT,
     # the nested-tensor NaViT of torch shares the packed flax class, and so its arguments
     "navit_nested": _NAVIT,
