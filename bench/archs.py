@@ -107,7 +107,10 @@ ARCHS: dict[str, Arch] = {
         Arch("vit", dict(_DIMS, image_size=64, patch_size=8), _IMAGE),  # 64 tokens + cls
         Arch("simple_vit", dict(_DIMS, image_size=64, patch_size=8), _IMAGE),
         Arch("deepvit", dict(_DIMS, image_size=64, patch_size=8), _IMAGE),
+        # the student's call (the class head); the wrapper's loss adds a teacher's forward pass and one more token
+        Arch("distill", dict(_DIMS, image_size=64, patch_size=8), _IMAGE, ref="vit_pytorch.distill:DistillableViT"),
         Arch("cait", dict(_DIMS, image_size=64, patch_size=8, cls_depth=2), _IMAGE),
+        Arch("xcit", dict(_DIMS, image_size=64, patch_size=8, cls_depth=2), _IMAGE),
         Arch("t2t", dict(_DIMS, image_size=64, t2t_layers=((7, 4), (3, 2), (3, 2))), _IMAGE),  # 256 -> 64 -> 16 tokens
         Arch("cross_vit", _CROSS_VIT, _IMAGE),
         Arch("cct", dict(_CONV_TOKENIZER, img_size=(64, 128), attention_dropout=0.0), (3, 64, 128)),  # 4x8 tokens

@@ -45,10 +45,9 @@ def test_forward_backward_train_and_eval(arch: spec.ArchSpec, case: spec.Case) -
     assert spec.shapes_of(out) == case.output_shape()
     assert all(bool(jnp.all(jnp.isfinite(t))) for _, t in spec.output_leaves(out))
 
-    grads = jax.tree.leaves(nnx.state(loss_grads(model, *inputs), nnx.Param))
-    assert len(grads) == len(jax.tree.leaves(nnx.state(model, nnx.Param)))
-    assert all(bool(jnp.all(jnp.isfinite(g))) for g in grads)
-    assert any(float(jnp.abs(g).sum()) > 0 for g in grads)
+    grads = _flat(nnx.state(loss_grads(model, *inputs), nnx.Param))
+    assert grads.keys() == _flat(nnx.state(model, nnx.Param)).keys()
+    check_gradients(case, grads)
 
     if any(isinstance(n, nnx.Dropout) and n.rate > 0 for _, n in nnx.iter_graph(model)):
         # the dropout rng stream advances between calls, so two train passes differ
@@ -58,6 +57,30 @@ def test_forward_backward_train_and_eval(arch: spec.ArchSpec, case: spec.Case) -
     a, b = (spec.output_leaves(forward(model, *inputs)) for _ in range(2))
     for (_, x), (_, y) in zip(a, b):
         np.testing.assert_array_equal(x, y)
+
+
+def _flat(state: nnx.State) -> dict[str, jax.Array]:
+    return {".".join(map(str, path)): v[...] for path, v in nnx.to_flat_state(state)}
+
+
+def check_gradients(case: spec.Case, grads: dict[str, jax.Array]) -> None:
+    """The case's frozen parameters (``Case.frozen``) got a zero gradient, every other one a finite nonzero
+    gradient."""
+    for name, g in grads.items():
+        if case.is_frozen(name):
+            assert not bool(jnp.any(g)), f"{name} is frozen in case {case.name!r} but got a gradient"
+        else:
+            assert bool(jnp.all(jnp.isfinite(g))), name
+            assert bool(jnp.any(g)), f"{name} got a zero gradient"
+
+
+def test_the_gradient_check_has_teeth() -> None:
+    case = spec.Case("frozen-teacher", {}, (), (), frozen=("teacher",))
+    check_gradients(case, {"teacher.w": jnp.zeros(2), "student.w": jnp.ones(2)})
+    with pytest.raises(AssertionError, match=r"teacher\.w is frozen"):
+        check_gradients(case, {"teacher.w": jnp.ones(2)})
+    with pytest.raises(AssertionError, match=r"student\.w got a zero gradient"):
+        check_gradients(case, {"student.w": jnp.zeros(2)})
 
 
 def _exported_models() -> list[type]:

@@ -126,8 +126,8 @@ def xcit_by_hand(model: XCiT, img: np.ndarray, keep: list[bool], heads: int) -> 
     depth, cls_depth = model.depths
     for i in range(depth):
         if keep[i]:
-            x = xca_block(x, grid, p, f"xcit_transformer.blocks.{i}.", heads)
-    x = layer_norm(x, p["xcit_transformer.norm.scale"], p["xcit_transformer.norm.bias"])
+            x = xca_block(x, grid, p, f"patch_transformer.blocks.{i}.", heads)
+    x = layer_norm(x, p["patch_transformer.norm.scale"], p["patch_transformer.norm.bias"])
     cls = np.broadcast_to(p["cls_token"], (b, 1, x.shape[-1]))
     for j in range(cls_depth):
         if keep[depth + j]:
@@ -184,7 +184,7 @@ def test_layer_scale_and_temperature_starts() -> None:
 
 
 def _stats(model: XCiT, i: int) -> tuple[np.ndarray, np.ndarray]:
-    bn = model.xcit_transformer.blocks[i].lpi.bn
+    bn = model.patch_transformer.blocks[i].lpi.bn
     return np.asarray(bn.mean[...]), np.asarray(bn.var[...])
 
 

@@ -267,9 +267,9 @@ def _build_pair(arch: str, seed: int) -> tuple[dict[str, np.ndarray], dict[str, 
     from vit_torch.init import init_weights as torch_init
 
     entry = spec.get(arch)
-    config = entry.case().config
-    torch_model = torch_init(entry.load_class("torch")(**config), seed=seed)
-    flax_model = flax_init(entry.load_class("flax")(**config, rngs=nnx.Rngs(0)), seed=seed)
+    case = entry.case()  # sub-models (a wrapper's teacher and student) built from their own configs
+    torch_model = torch_init(case.build("torch", entry.load_class("torch")), seed=seed)
+    flax_model = flax_init(case.build("flax", entry.load_class("flax"), rngs=nnx.Rngs(0)), seed=seed)
     return torch_checkpoint(torch_model).tensors, flax_checkpoint(flax_model).to_layout("torch").tensors
 
 

@@ -101,8 +101,8 @@ def test_a_model_with_batchnorm_is_also_compared_in_train_mode() -> None:
     names = [d.name for d in diffs]
     assert "bn-train/logits" in names and "bn-train/block00" in names and "bn-eval-updated/logits" in names
     stats = [n for n in names if n.startswith("bn-train/") and n.endswith((".running_mean", ".running_var"))]
-    assert stats == ["bn-train/xcit_transformer.blocks.0.lpi.bn.running_mean",
-                     "bn-train/xcit_transformer.blocks.0.lpi.bn.running_var"]  # fmt: skip
+    assert stats == ["bn-train/patch_transformer.blocks.0.lpi.bn.running_mean",
+                     "bn-train/patch_transformer.blocks.0.lpi.bn.running_var"]  # fmt: skip
     assert all(d.ok for d in diffs), [d for d in diffs if not d.ok]
     assert not any(d.name.startswith("bn-") for d in run_case(spec.get("vit"), spec.get("vit").case()))
 
@@ -127,7 +127,7 @@ def test_flax_own_batchnorm_update_fails_the_train_mode_check(monkeypatch: pytes
     monkeypatch.setattr(BatchNorm, "__call__", nnx.BatchNorm.__call__)
     diffs = run_case(spec.get("xcit"), spec.get("xcit").case())
     bad = [d.name for d in diffs if not d.ok]
-    assert "bn-train/xcit_transformer.blocks.0.lpi.bn.running_var" in bad
+    assert "bn-train/patch_transformer.blocks.0.lpi.bn.running_var" in bad
     assert not any(n.startswith("bn-train/") and "running_var" not in n for n in bad), bad  # same normalization
 
 
@@ -160,11 +160,11 @@ def test_running_statistics_cross_backends_and_come_back(tmp_path: Path) -> None
     with torch.no_grad():
         torch_model(img)  # one training step of BatchNorm: statistics away from zeros and ones
     torch_model.eval()
-    bn = torch_model.xcit_transformer.blocks[0].lpi.bn
+    bn = torch_model.patch_transformer.blocks[0].lpi.bn
     assert int(bn.num_batches_tracked) == 1 and not torch.all(bn.running_var == 1)
     vit_torch.save(torch_model, tmp_path / "from_torch")
     flax_model = vit_flax.load(tmp_path / "from_torch")
-    np.testing.assert_array_equal(flax_model.xcit_transformer.blocks[0].lpi.bn.var[...], bn.running_var.numpy())
+    np.testing.assert_array_equal(flax_model.patch_transformer.blocks[0].lpi.bn.var[...], bn.running_var.numpy())
     with torch.no_grad():
         want = torch_model(img).numpy()
     np.testing.assert_allclose(flax_model(img.numpy().transpose(0, 2, 3, 1)), want, rtol=1e-5, atol=1e-5)

@@ -32,10 +32,18 @@ pytestmark = pytest.mark.filterwarnings("ignore:The PyTorch API of nested tensor
 # Registry architectures that vit-pytorch has no counterpart of (none so far: every one is from its README).
 REFERENCE_LACKS: frozenset[str] = frozenset()
 
+# Registry architectures checked by tests of their own below: the reference's DistillableT2TViT fails on every
+# call, and the distillation wrapper's check builds a teacher and a student.
+CHECKED_APART = {
+    "distill_t2t": "test_distill_t2t_fails_in_the_reference",
+    "distill_wrapper": "test_distill_wrapper_gives_the_reference_loss",
+}
+
 # Cases whose config the import refuses on purpose (the table's `differences` say why), with a word of the reason.
 REFUSED = {
     ("vit", "mean"): "pool='mean'",
     ("vit_3d", "cubic-4-mean"): "pool='mean'",
+    ("distill", "mean"): "pool='mean'",
     ("t2t", "default-splits-mean-rect-smaller-input"): "square image_size",
     ("cait", "layer-dropout-rect-smaller-input"): "square image_size",
     ("cross_vit", "same-width-smaller-input"): "square image_size",
@@ -97,7 +105,7 @@ def _cases() -> list[Any]:
     return [
         pytest.param(arch, case, id=f"{arch}-{case.name}")
         for arch, spec in REGISTRY.items()
-        if arch not in REFERENCE_LACKS
+        if arch not in REFERENCE_LACKS and arch not in CHECKED_APART
         for case in spec.cases
     ]
 
@@ -127,7 +135,11 @@ def build_reference(arch: str, config: dict[str, Any], seed: int = SEED) -> torc
     constructor drew them.
     """
     torch.manual_seed(seed)
-    model = reference_class(arch)(**config).eval()
+    model = reference_class(arch)(**config)
+    if arch == "distill":  # the reference keeps the distillation token and head in its wrapper
+        model = reference_wrapper(model, config["num_classes"])
+        model.forward = model.student.forward  # the check reads the student's class logits
+    model.eval()
     try:
         kept = {k for k, v in reference.reference_keys(arch, reference.our_config(arch, config)).items() if v}
     except ReferenceImportError:  # a config the import refuses: tests of the difference
@@ -146,9 +158,23 @@ def build_reference(arch: str, config: dict[str, Any], seed: int = SEED) -> torc
     return model
 
 
-def imported(arch: str, ref_model: torch.nn.Module, config: dict[str, Any]) -> torch.nn.Module:
-    """This library's model holding the reference model's weights, through the importer, in eval mode."""
-    ckpt = reference.import_state(arch, state_numpy(ref_model), config)
+TEACHER = dict(image_size=16, patch_size=8, dim=16, depth=1, heads=2, mlp_dim=32)
+
+
+def reference_wrapper(student: torch.nn.Module, num_classes: int, **options: Any) -> torch.nn.Module:
+    """vit-pytorch's DistillWrapper around its ``student``, with a small reference ViT teacher of
+    ``num_classes`` (for 16 x 16 images)."""
+    from vit_pytorch.distill import DistillWrapper
+    from vit_pytorch.vit import ViT
+
+    return DistillWrapper(teacher=ViT(**TEACHER, num_classes=num_classes), student=student, **options)
+
+
+def imported(arch: str, ref_model: torch.nn.Module | dict[str, np.ndarray], config: dict[str, Any]) -> torch.nn.Module:
+    """This library's model holding the reference model's weights (or a state dict), through the importer, in eval
+    mode."""
+    state = ref_model if isinstance(ref_model, dict) else state_numpy(ref_model)
+    ckpt = reference.import_state(arch, state, config)
     torch.manual_seed(SEED + 2)  # our constructor's own draws are all overwritten
     model = REGISTRY[arch].load_class("torch")(**ckpt.config)
     assert ckpt.kinds == module_kinds(model), "the kinds the rules name are not the model's"
@@ -326,3 +352,60 @@ def test_layer_dropout_draws_in_eval_mode_in_the_reference(arch: str) -> None:
     with torch.no_grad():
         assert torch.equal(ours(img), ours(img))
     assert reference.TABLES[arch].check_with == {"layer_dropout": 0.0}
+
+
+def test_distill_t2t_fails_in_the_reference() -> None:
+    """A reference bug: vit-pytorch's DistillableT2TViT fails on every call (its shared forward pass repeats a 2-D
+    class token, and T2T-ViT's is 3-D), so it has no weights to import; ours works (its own tests, and parity)."""
+    from einops import EinopsError
+    from vit_pytorch.distill import DistillableT2TViT
+
+    case = REGISTRY["distill_t2t"].cases[0]
+    config = {k: v for k, v in case.config.items() if k != "t2t_layers"}  # the reference's default splits
+
+    student = DistillableT2TViT(**config).eval()
+    img = torch.from_numpy(case.sample("torch", SEED)[0])
+    with pytest.raises(EinopsError, match="expected 2 dims"):
+        student(img)
+    with pytest.raises(EinopsError, match="expected 2 dims"):
+        reference_wrapper(student, config["num_classes"])(img, torch.zeros(img.shape[0], dtype=torch.long))
+
+
+@pytest.mark.parametrize(("hard", "mlp_layernorm"), [(False, True), (True, False)])
+def test_distill_wrapper_gives_the_reference_loss(hard: bool, mlp_layernorm: bool) -> None:
+    """A reference DistillWrapper (a reference ViT teacher, a reference DistillableViT student): its student and
+    teacher imported ("distill" reads the wrapper's state dict, "vit" the teacher's), ours gives the same class
+    logits, distillation logits and loss within 1e-5."""
+    from vit_torch.distill import DistillWrapper
+
+    case = REGISTRY["distill"].case("cls")
+    config = reference.reference_config("distill", case.config)
+    torch.manual_seed(SEED)
+    student = reference_class("distill")(**config)
+    options = dict(temperature=2.5, alpha=0.4, hard=hard, mlp_layernorm=mlp_layernorm)
+    wrapper = reference_wrapper(student, config["num_classes"], **options).eval()
+    gen = torch.Generator().manual_seed(SEED + 1)
+    with torch.no_grad():  # norms away from one and zero
+        for tensor in wrapper.state_dict().values():
+            if tensor.ndim == 1 and tensor.is_floating_point():
+                tensor += 0.5 * torch.randn(tensor.shape, generator=gen)
+    state = state_numpy(wrapper)
+    norm = {k.removeprefix("distill_mlp.0."): v for k, v in state.items() if k.startswith("distill_mlp.0.")}
+    # the optional LayerNorm before the distillation head is the wrapper's here too (its `distill_norm`)
+    ours_student = imported("distill", {k: v for k, v in state.items() if not k.startswith("distill_mlp.0.")}, config)
+    teacher_state = {k.removeprefix("teacher."): v for k, v in state.items() if k.startswith("teacher.")}
+    ours_teacher = imported("vit", teacher_state, {**TEACHER, "num_classes": config["num_classes"]})
+    ours = DistillWrapper(teacher=ours_teacher, student=ours_student, **options).eval()
+    if mlp_layernorm:
+        ours.distill_norm.load_state_dict({k: torch.from_numpy(v) for k, v in norm.items()})
+    img = torch.from_numpy(case.sample("torch", SEED)[0])
+    labels = torch.arange(img.shape[0]) % config["num_classes"]
+    with torch.no_grad():
+        want_logits, tokens = student(img, distill_token=wrapper.distillation_token)
+        want_distill = wrapper.distill_mlp(tokens)
+        got_logits, got_distill = ours_student(img, distill=True)
+        want_loss, got_loss = wrapper(img, labels), ours(img, labels)
+    if not mlp_layernorm:  # else the wrapper's norm comes between the token and the head
+        np.testing.assert_allclose(got_distill.numpy(), want_distill.numpy(), rtol=RTOL, atol=ATOL)
+    np.testing.assert_allclose(got_logits.numpy(), want_logits.numpy(), rtol=RTOL, atol=ATOL)
+    np.testing.assert_allclose(got_loss.numpy(), want_loss.numpy(), rtol=RTOL, atol=ATOL)

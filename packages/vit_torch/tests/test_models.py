@@ -31,10 +31,31 @@ def test_output_shape_and_gradients(arch: spec.ArchSpec, case: spec.Case) -> Non
     leaves = [t for _, t in spec.output_leaves(out)]
     assert all(torch.isfinite(t).all() for t in leaves)
     sum(t.square().mean() for t in leaves).backward()
-    for name, p in model.named_parameters():
-        assert p.grad is not None, f"{name} got no gradient"
-        assert torch.isfinite(p.grad).all(), name
-    assert any(p.grad.abs().sum() > 0 for p in model.parameters())
+    check_gradients(case, {name: p.grad for name, p in model.named_parameters()})
+
+
+def check_gradients(case: spec.Case, grads: dict[str, torch.Tensor | None]) -> None:
+    """The case's frozen parameters (``Case.frozen``) got no or a zero gradient, every other one a finite nonzero
+    gradient."""
+    for name, g in grads.items():
+        if case.is_frozen(name):
+            assert g is None or not g.any(), f"{name} is frozen in case {case.name!r} but got a gradient"
+        else:
+            assert g is not None, f"{name} got no gradient"
+            assert torch.isfinite(g).all(), name
+            assert g.any(), f"{name} got a zero gradient"
+
+
+def test_the_gradient_check_has_teeth() -> None:
+    case = spec.Case("frozen-teacher", {}, (), (), frozen=("teacher",))
+    check_gradients(case, {"teacher.w": None, "teacher.b": torch.zeros(2), "student.w": torch.ones(2)})
+    assert case.is_frozen("teacher") and not case.is_frozen("teachers.w")
+    with pytest.raises(AssertionError, match=r"teacher\.w is frozen"):
+        check_gradients(case, {"teacher.w": torch.ones(2)})
+    with pytest.raises(AssertionError, match=r"student\.w got no gradient"):
+        check_gradients(case, {"student.w": None})
+    with pytest.raises(AssertionError, match=r"student\.w got a zero gradient"):
+        check_gradients(case, {"student.w": torch.zeros(2)})
 
 
 @pytest.mark.parametrize(("arch", "case"), CASES)

@@ -116,8 +116,8 @@ def xcit_by_hand(model: XCiT, img: torch.Tensor, keep: list[bool], heads: int) -
     depth, cls_depth = model.depths
     for i in range(depth):
         if keep[i]:
-            x = xca_block(x, grid, p, f"xcit_transformer.blocks.{i}.", heads)
-    x = layer_norm(x, p["xcit_transformer.norm.weight"], p["xcit_transformer.norm.bias"])
+            x = xca_block(x, grid, p, f"patch_transformer.blocks.{i}.", heads)
+    x = layer_norm(x, p["patch_transformer.norm.weight"], p["patch_transformer.norm.bias"])
     cls = p["cls_token"].expand(b, 1, -1)
     for j in range(cls_depth):
         if keep[depth + j]:
@@ -178,7 +178,7 @@ def test_smaller_input_uses_the_top_left_positions() -> None:
     tokens, grid = model.to_patch_embedding(img)
     assert grid == (2, 3)
     pos = model.pos_embedding.reshape(1, 4, 4, -1)[:, :2, :3].reshape(1, 6, -1)
-    torch.testing.assert_close(f["block00"], model.xcit_transformer.blocks[0](tokens + pos, grid=grid))
+    torch.testing.assert_close(f["block00"], model.patch_transformer.blocks[0](tokens + pos, grid=grid))
 
 
 def test_layer_scale_and_temperature_starts() -> None:
@@ -206,12 +206,12 @@ def test_a_dropped_block_passes_its_input_keeps_its_statistics_and_gets_no_gradi
     torch.testing.assert_close(f["block01"], f["block00"], rtol=0, atol=0)
     assert f["block01/attn"].shape == (2, 2, 8, 8) and not f["block01/attn"].any()
     assert f["cls/block00/attn"].shape == (2, 2, 1, 17) and not f["cls/block00/attn"].any()
-    bn0, bn1 = (model.xcit_transformer.blocks[i].lpi.bn for i in range(2))
+    bn0, bn1 = (model.patch_transformer.blocks[i].lpi.bn for i in range(2))
     assert int(bn0.num_batches_tracked) == 1 and not torch.all(bn0.running_var == 1)
     assert int(bn1.num_batches_tracked) == 0 and torch.all(bn1.running_var == 1) and torch.all(bn1.running_mean == 0)
     out.sum().backward()
     for name, p in model.named_parameters():
-        dropped = name.startswith(("xcit_transformer.blocks.1.", "cls_transformer.blocks.0."))
+        dropped = name.startswith(("patch_transformer.blocks.1.", "cls_transformer.blocks.0."))
         assert (p.grad is None) == dropped, name
 
 

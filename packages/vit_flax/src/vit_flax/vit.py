@@ -22,7 +22,10 @@ IMAGE_AXES = ("height", "width")
 class ClassTokenViT(nnx.Module):
     """The ViT body on patches of any number of axes: a class token, learned positions over the patch
     grid, a pre-norm transformer and a linear head. ``vit.ViT`` (images) and ``vit_3d.ViT`` (videos,
-    volumes) differ only in how they read their geometry."""
+    volumes) differ only in how they read their geometry.
+
+    The forward pass is built from :meth:`tokens`, :meth:`encode` and :meth:`pool_tokens` (as T2T-ViT's), so
+    that a subclass can insert a token between them (``distill.DistillableViT``)."""
 
     def __init__(
         self,
@@ -59,10 +62,9 @@ class ClassTokenViT(nnx.Module):
         self.transformer = Transformer(dim, depth, heads, dim_head, mlp_dim, dropout, dtype=dtype, rngs=rngs)
         self.mlp_head = nnx.Linear(dim, num_classes, dtype=dtype, rngs=rngs)
 
-    def __call__(
-        self, x: jax.Array, *, return_features: bool | Sequence[str | int] = False, return_attn: bool = False
-    ) -> jax.Array | tuple[jax.Array, dict[str, jax.Array]]:
-        features = Features.request(return_features, return_attn)
+    def tokens(self, x: jax.Array, features: Features | None = None) -> jax.Array:
+        """Check ``x``, embed its patches, add the positions and prepend the class token: ``(b, 1 + n, dim)``,
+        before the embedding dropout. ``features`` is unused (T2T-ViT's ``tokens`` records its token blocks there)."""
         check_input(
             x.shape, name=self.input_name, channels_last=True, channels=self.channels,
             max_size=self.size, patch=self.patch_size, axis_names=self.axis_names,
@@ -71,9 +73,21 @@ class ClassTokenViT(nnx.Module):
         pos = self.pos_embedding[...]
         x = x + crop_grid(pos[:, 1:], self.grid, grid).astype(x.dtype)
         cls = jnp.broadcast_to(self.cls_token[...] + pos[:, :1], (x.shape[0], 1, x.shape[-1]))
-        x = self.dropout(jnp.concatenate((cls.astype(x.dtype), x), axis=1))
-        x = self.transformer(x, features=features)
-        x = x[:, 0] if self.pool == "cls" else x.mean(axis=1)
+        return jnp.concatenate((cls.astype(x.dtype), x), axis=1)
+
+    def encode(self, x: jax.Array, features: Features | None = None) -> jax.Array:
+        """The transformer on a token sequence ``(b, n, dim)``, recording its blocks in ``features``."""
+        return self.transformer(x, features=features)
+
+    def pool_tokens(self, x: jax.Array) -> jax.Array:
+        """What the head reads: the class token (``pool='cls'``) or the mean of every token."""
+        return x[:, 0] if self.pool == "cls" else x.mean(axis=1)
+
+    def __call__(
+        self, x: jax.Array, *, return_features: bool | Sequence[str | int] = False, return_attn: bool = False
+    ) -> jax.Array | tuple[jax.Array, dict[str, jax.Array]]:
+        features = Features.request(return_features, return_attn)
+        x = self.pool_tokens(self.encode(self.dropout(self.tokens(x, features)), features))
         if features is not None:
             features.add("pre_logits", x)
         return with_features(self.mlp_head(x), features)

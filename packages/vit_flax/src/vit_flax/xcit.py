@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import math
-from collections.abc import Sequence
 from typing import Any
 
 import jax
@@ -11,28 +9,15 @@ import jax.numpy as jnp
 from flax import nnx
 
 from vit_flax.attention_variants import CrossCovarianceAttention, LayerDropTransformer, TalkingHeadsBlock
+from vit_flax.cait import ClassAttentionViT
 from vit_flax.convolution import BatchNorm, DepthwiseConv
-from vit_flax.layers import (
-    Block,
-    LayerScale,
-    PatchEmbed,
-    _scale,
-    crop_grid,
-    default_rngs,
-    gelu,
-    layer_norm,
-    make_norm,
-    with_features,
-)
+from vit_flax.layers import Block, LayerScale, _scale, default_rngs, gelu, make_norm
 from vit_parity.core.config import records_config
 from vit_parity.core.facts import xcit
-from vit_parity.core.features import Features
-from vit_parity.core.validate import check_input, image_geometry
 
 __all__ = ["XCiT"]
 
 Array = jax.Array
-IMAGE_AXES = ("height", "width")
 
 
 class LocalPatchInteraction(nnx.Module):
@@ -98,23 +83,21 @@ class XCABlock(Block):
 
 
 @records_config
-class XCiT(nnx.Module):
+class XCiT(ClassAttentionViT):
     """XCiT (El-Nouby et al., 2021): cross-covariance image transformer.
 
-    Patches are embedded (LayerNorm, Linear, LayerNorm) and given learned positions; ``depth`` XCA layers
-    (``xcit_transformer``: cross-covariance attention over the feature axis, local patch interaction through depthwise
-    convolutions and BatchNorm on the patch grid, MLP; three layer-scaled residual branches) end in a LayerNorm
-    (``xcit_transformer.norm``); then ``cls_depth`` class-attention blocks (``cls_transformer``, as CaiT's without
-    head mixing) where only the class token queries, over the class token and the patches; the head normalizes the
-    class token (``norm``) and projects it (``mlp_head``). Every ``gamma`` starts at CaiT's value for ``depth``
-    (0.1 up to 18 blocks). In training each block of both stacks is skipped with probability ``layer_dropout`` (at
-    least one of each stack runs), drawn from the 'dropout' stream; ``model(img, keep_layers=...)`` gives that draw
-    explicitly (one boolean per block, the ``depth`` XCA blocks then the ``cls_depth`` class blocks) in either mode;
-    a skipped block leaves its BatchNorm statistics as they were. BatchNorm follows ``model.train()`` /
-    ``model.eval()``. Takes ``img`` of shape ``(b, h, w, channels)`` with ``h, w`` at most ``image_size`` and
-    divisible by ``patch_size``; smaller images use the top-left part of the position grid. Features: ``block00``
-    ... (the patches after each XCA block; their attention maps are ``(b, heads, dim_head, dim_head)``),
-    ``cls/block00`` ... (the class token), ``pre_logits``.
+    CaiT's body (:class:`~vit_flax.cait.ClassAttentionViT`) with ``depth`` XCA layers over the patches
+    (``patch_transformer``: cross-covariance attention over the feature axis, local patch interaction through
+    depthwise convolutions and BatchNorm on the patch grid, MLP; three layer-scaled residual branches) ending in a
+    LayerNorm, then ``cls_depth`` class-attention blocks (``cls_transformer``, CaiT's without head mixing). Every
+    ``gamma`` starts at CaiT's value for ``depth`` (0.1 up to 18 blocks). In training each block of both stacks is
+    skipped with probability ``layer_dropout`` (at least one of each stack runs), drawn from the 'dropout' stream;
+    ``model(img, keep_layers=...)`` gives that draw explicitly (the ``depth`` XCA blocks, then the ``cls_depth``
+    class blocks) in either mode; a skipped block leaves its BatchNorm statistics as they were. BatchNorm follows
+    ``model.train()`` / ``model.eval()``. Takes ``img`` of shape ``(b, h, w, channels)`` with ``h, w`` at most
+    ``image_size`` and divisible by ``patch_size``; smaller images use the top-left part of the position grid.
+    Features: ``block00`` ... (the patches after each XCA block; their attention maps are ``(b, heads, dim_head,
+    dim_head)``), ``cls/block00`` ..., ``pre_logits``.
     """
 
     def __init__(
@@ -138,57 +121,24 @@ class XCiT(nnx.Module):
         rngs: nnx.Rngs | None = None,
     ) -> None:
         rngs = default_rngs(rngs)
-        self.size, self.patch_size = image_geometry(image_size, patch_size)
         xcit.check_arguments(
             depth=depth, cls_depth=cls_depth, layer_dropout=layer_dropout,
             local_patch_kernel_size=local_patch_kernel_size,
         )  # fmt: skip
-        self.depths = (depth, cls_depth)
-        self.channels = channels
-        self.grid = tuple(s // p for s, p in zip(self.size, self.patch_size))
-        stack = dict(
-            layer_scale=xcit.layer_scale_init(depth), layer_dropout=layer_dropout, dtype=dtype, rngs=rngs
+        stack = dict(layer_scale=xcit.layer_scale_init(depth), layer_dropout=layer_dropout, dtype=dtype, rngs=rngs)
+        super().__init__(
+            image_size=image_size, patch_size=patch_size, num_classes=num_classes, dim=dim, emb_dropout=emb_dropout,
+            channels=channels,
+            patch_transformer=LayerDropTransformer(
+                dim, depth, heads, dim_head, mlp_dim, dropout, block=XCABlock,
+                local_patch_kernel_size=local_patch_kernel_size, **stack,
+            ),
+            cls_transformer=LayerDropTransformer(
+                dim, cls_depth, heads, dim_head, mlp_dim, dropout, final_norm=False, block=TalkingHeadsBlock,
+                class_attention=True, pre_mix=False, post_mix=False, **stack,
+            ),
+            dtype=dtype, rngs=rngs,
         )  # fmt: skip
 
-        self.to_patch_embedding = PatchEmbed(self.patch_size, channels, dim, dtype=dtype, rngs=rngs)
-        self.pos_embedding = nnx.Param(jax.random.normal(rngs.params(), (1, math.prod(self.grid), dim)))
-        self.cls_token = nnx.Param(jax.random.normal(rngs.params(), (1, 1, dim)))
-        self.dropout = nnx.Dropout(emb_dropout, rngs=rngs)
-        self.xcit_transformer = LayerDropTransformer(
-            dim, depth, heads, dim_head, mlp_dim, dropout, block=XCABlock,
-            local_patch_kernel_size=local_patch_kernel_size, **stack,
-        )  # fmt: skip
-        self.cls_transformer = LayerDropTransformer(
-            dim, cls_depth, heads, dim_head, mlp_dim, dropout, final_norm=False, block=TalkingHeadsBlock,
-            class_attention=True, pre_mix=False, post_mix=False, **stack,
-        )  # fmt: skip
-        self.norm = layer_norm(dim, 1e-5, rngs, dtype)
-        self.mlp_head = nnx.Linear(dim, num_classes, dtype=dtype, rngs=rngs)
-
-    def __call__(
-        self,
-        img: Array,
-        *,
-        keep_layers: Sequence[bool] | Array | None = None,
-        return_features: bool | Sequence[str | int] = False,
-        return_attn: bool = False,
-    ) -> Array | tuple[Array, dict[str, Array]]:
-        features = Features.request(return_features, return_attn)
-        check_input(
-            img.shape, name="img", channels_last=True, channels=self.channels,
-            max_size=self.size, patch=self.patch_size, axis_names=IMAGE_AXES,
-        )  # fmt: skip
-        keep_xca = keep_cls = None
-        if keep_layers is not None:
-            keep = jnp.asarray(keep_layers).astype(bool)
-            xcit.check_keep_layers(keep.shape, depth=self.depths[0], cls_depth=self.depths[1])
-            keep_xca, keep_cls = keep[: self.depths[0]], keep[self.depths[0] :]
-        x, grid = self.to_patch_embedding(img)
-        x = self.dropout(x + crop_grid(self.pos_embedding[...], self.grid, grid).astype(x.dtype))
-        x = self.xcit_transformer(x, keep=keep_xca, features=features, grid=grid)
-        cls = jnp.broadcast_to(self.cls_token[...].astype(x.dtype), (x.shape[0], 1, x.shape[-1]))
-        cls = self.cls_transformer(cls, keep=keep_cls, context=x, features=features, prefix="cls/")
-        cls = self.norm(cls[:, 0])
-        if features is not None:
-            features.add("pre_logits", cls)
-        return with_features(self.mlp_head(cls), features)
+    def patch_options(self, grid: tuple[int, int]) -> dict[str, Any]:
+        return {"grid": grid}  # the local patch interaction works on the patch grid

@@ -21,7 +21,10 @@ IMAGE_AXES = ("height", "width")
 class ClassTokenViT(nn.Module):
     """The ViT body on patches of any number of axes: a class token, learned positions over the patch
     grid, a pre-norm transformer and a linear head. ``vit.ViT`` (images) and ``vit_3d.ViT`` (videos,
-    volumes) differ only in how they read their geometry."""
+    volumes) differ only in how they read their geometry.
+
+    The forward pass is built from :meth:`tokens`, :meth:`encode` and :meth:`pool_tokens` (as T2T-ViT's), so
+    that a subclass can insert a token between them (``distill.DistillableViT``)."""
 
     def __init__(
         self,
@@ -56,10 +59,9 @@ class ClassTokenViT(nn.Module):
         self.transformer = Transformer(dim, depth, heads, dim_head, mlp_dim, dropout)
         self.mlp_head = nn.Linear(dim, num_classes)
 
-    def forward(
-        self, x: Tensor, *, return_features: bool | Sequence[str | int] = False, return_attn: bool = False
-    ) -> Tensor | tuple[Tensor, dict[str, Tensor]]:
-        features = Features.request(return_features, return_attn)
+    def tokens(self, x: Tensor, features: Features | None = None) -> Tensor:
+        """Check ``x``, embed its patches, add the positions and prepend the class token: ``(b, 1 + n, dim)``,
+        before the embedding dropout. ``features`` is unused (T2T-ViT's ``tokens`` records its token blocks there)."""
         check_input(
             x.shape, name=self.input_name, channels_last=False, channels=self.channels,
             max_size=self.size, patch=self.patch_size, axis_names=self.axis_names,
@@ -67,9 +69,21 @@ class ClassTokenViT(nn.Module):
         x, grid = self.to_patch_embedding(x)
         x = x + crop_grid(self.pos_embedding[:, 1:], self.grid, grid)
         cls = (self.cls_token + self.pos_embedding[:, :1]).expand(x.shape[0], -1, -1)
-        x = self.dropout(torch.cat((cls, x), dim=1))
-        x = self.transformer(x, features=features)
-        x = x[:, 0] if self.pool == "cls" else x.mean(dim=1)
+        return torch.cat((cls, x), dim=1)
+
+    def encode(self, x: Tensor, features: Features | None = None) -> Tensor:
+        """The transformer on a token sequence ``(b, n, dim)``, recording its blocks in ``features``."""
+        return self.transformer(x, features=features)
+
+    def pool_tokens(self, x: Tensor) -> Tensor:
+        """What the head reads: the class token (``pool='cls'``) or the mean of every token."""
+        return x[:, 0] if self.pool == "cls" else x.mean(dim=1)
+
+    def forward(
+        self, x: Tensor, *, return_features: bool | Sequence[str | int] = False, return_attn: bool = False
+    ) -> Tensor | tuple[Tensor, dict[str, Tensor]]:
+        features = Features.request(return_features, return_attn)
+        x = self.pool_tokens(self.encode(self.dropout(self.tokens(x, features)), features))
         if features is not None:
             features.add("pre_logits", x)
         return with_features(self.mlp_head(x), features)

@@ -138,6 +138,10 @@ class Case:
     registry model ``vit`` from that config in the same backend and passes it as ``encoder``.
     ``hook`` (a :class:`HookRef`) builds the inputs and reads the outputs of models that do not take one
     array per :class:`Input`; ``inputs`` then only describe them (and size the output).
+    ``frozen`` lists the parameters that the case's call leaves without a gradient by design, as prefixes of their
+    dotted keys (the same in both backends): a distillation teacher (``"teacher"``, run without gradients), a
+    student's distillation token and head (unused by its default call). The gradient tests require no (or a zero)
+    gradient there and a nonzero one everywhere else.
     """
 
     name: str
@@ -146,6 +150,11 @@ class Case:
     output: Output
     hook: HookRef | None = None
     models: Mapping[str, tuple[str, Mapping[str, Any]]] = field(default_factory=dict)
+    frozen: tuple[str, ...] = ()
+
+    def is_frozen(self, key: str) -> bool:
+        """Whether the parameter ``key`` (dotted, e.g. ``teacher.mlp_head.weight``) is frozen in this case."""
+        return any(key == p or key.startswith(f"{p}.") for p in self.frozen)
 
     def output_shape(self) -> Any:
         """The output's shape(s) with axis names replaced by the first input's sizes, in ``output``'s structure."""

@@ -272,6 +272,12 @@ ADAPTERS: dict[str, Adapter | Refusal] = {
     "vit": Adapter(_image),
     "simple_vit": Adapter(_image),
     "deepvit": Adapter(_image),
+    "distill": Adapter(_image),  # the student alone: its default call is the plain model's
+    "distill_t2t": Adapter(_tokens_to_token),
+    "distill_wrapper": Refusal(
+        "distillation needs a teacher and labels in the loss: build vit_torch.distill.DistillWrapper (or "
+        "vit_flax's) in Python and train it there; `vit train --arch distill` trains the student alone"
+    ),
     "cait": Adapter(_class_attention),
     "xcit": Adapter(_class_attention),
     "t2t": Adapter(_tokens_to_token),

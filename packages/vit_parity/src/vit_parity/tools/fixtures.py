@@ -13,7 +13,7 @@ import numpy as np
 from vit_parity.core import packing
 from vit_parity.core.spec import Case, CaseHook
 
-__all__ = ["PackedImages"]
+__all__ = ["ImagesAndLabels", "PackedImages"]
 
 
 @dataclass(frozen=True)
@@ -82,3 +82,16 @@ class PackedImages(CaseHook):
             return value.values()  # jagged: the images' tokens one after the other
         s, n = value.shape[:2]
         return value.reshape(s * n, *value.shape[2:])[self.layout().token_index(n)]
+
+
+@dataclass(frozen=True)
+class ImagesAndLabels(CaseHook):
+    """A seeded image batch (the case's first input, in the backend's layout) and integer class labels in
+    ``[0, num_classes)``, one per image: the inputs of a wrapper that computes a supervised loss (distillation)."""
+
+    num_classes: int
+
+    def sample(self, case: Case, backend: str, seed: int) -> tuple[Any, ...]:
+        img = case.inputs[0]
+        labels = np.random.default_rng(seed + 1).integers(0, self.num_classes, img.sizes["b"])
+        return img.to_backend(img.sample(seed), backend), labels

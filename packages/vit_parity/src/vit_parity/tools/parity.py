@@ -70,7 +70,12 @@ def strict_float32() -> Iterator[None]:
 
 
 def build_pair(spec: ArchSpec, case: Case, seed: int = 0) -> tuple[Any, Any]:
-    """A torch model and a flax model of ``case``'s config holding the same (converted) weights, in eval mode."""
+    """A torch model and a flax model of ``case``'s config holding the same (converted) weights, in eval mode.
+
+    The torch constructors leave norms at one and zero and layer scales at one constant, under which a swapped
+    norm, a lost bias or a scale on the wrong axis would go unseen, and a small scale would hide a wrong GELU or
+    eps below the tolerance: every 1-D floating tensor gets seeded noise (a running variance a positive factor).
+    """
     import torch
     from flax import nnx
 
@@ -79,6 +84,16 @@ def build_pair(spec: ArchSpec, case: Case, seed: int = 0) -> tuple[Any, Any]:
 
     torch.manual_seed(seed)
     torch_model = case.build("torch", spec.load_class("torch")).eval()
+    gen = torch.Generator().manual_seed(seed + 1)
+    with torch.no_grad():
+        for name, tensor in torch_model.state_dict().items():
+            if tensor.ndim != 1 or not tensor.is_floating_point():
+                continue
+            noise = 0.5 * torch.randn(tensor.shape, generator=gen)
+            if name.endswith("running_var"):
+                tensor *= noise.exp()
+            else:
+                tensor += noise
     flax_model = case.build("flax", spec.load_class("flax"), rngs=nnx.Rngs(seed))
     load_state(flax_model, to_checkpoint(torch_model))
     flax_model.eval()

@@ -28,7 +28,9 @@ Each architecture has one :class:`Table` in :data:`TABLES`, keyed by its registr
   ``fixed`` (our arguments the reference does not take, with the value it hard-codes);
 - ``differences``: :class:`Difference` s, configs where the two models compute different functions on purpose;
   the import refuses them, naming why;
-- ``check_with``: reference arguments the reference check builds it with (ViViT's explicit softmax).
+- ``check_with``: reference arguments the reference check builds it with (ViViT's explicit softmax);
+- ``dropped``: prefixes of reference keys that belong to no module of this model and are left out (the teacher
+  in a distillation wrapper's state dict, when the student is imported).
 
 Every key of the state dict must be consumed and every key the rules expect present; otherwise one
 :class:`ReferenceImportError` lists them all. Functions and configs see this library's constructor arguments
@@ -171,6 +173,7 @@ class Table:
     fixed: Mapping[str, Any] = field(default_factory=dict)
     differences: tuple[Difference, ...] = ()
     check_with: Mapping[str, Any] = field(default_factory=dict)
+    dropped: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -335,7 +338,7 @@ def import_state(arch: str, reference_state: Mapping[str, np.ndarray], config: C
     ours = our_config(arch, config)
     steps, kinds = _plan(arch, tbl, ours)
     needed = [k for s in steps for k in s.sources]
-    given = set(reference_state)
+    given = {k for k in reference_state if not k.startswith(tbl.dropped)}
     missing = sorted(set(needed) - given)
     unexpected = sorted(given - set(needed))
     if missing or unexpected:
@@ -810,6 +813,19 @@ def _cross_vit_rules() -> tuple:
     return tuple(rules)
 
 
+# ---- Distillation --------------------------------------------------------------------------------------------
+
+
+def _under(prefix: str, rules: Sequence[Rule]) -> tuple[Rule, ...]:
+    """``rules`` reading the reference's keys under ``prefix`` (a wrapper's ``student.``)."""
+    return tuple(replace(r, src=tuple(f"{prefix}{s}" for s in r.sources)) for r in rules)
+
+
+def _token_of_one(arrays: Sequence[np.ndarray], leaf: str, config: Config) -> np.ndarray:
+    """The distillation token ``(1, dim)`` as ours ``(1, 1, dim)``."""
+    return arrays[0].reshape(1, 1, -1)
+
+
 # ---- XCiT ------------------------------------------------------------------------------------------------------
 
 
@@ -821,7 +837,7 @@ def _class_token(arrays: Sequence[np.ndarray], leaf: str, config: Config) -> np.
 def _xcit_rules() -> tuple:
     """XCiT: XCA layers (0: layer-scaled cross-covariance attention, 1: local patch interaction, 2: feed-forward),
     the final norm, then CaiT-like class-attention layers without head mixing."""
-    layer, block = "xcit_transformer.layers.{i}", "xcit_transformer.blocks.{i}"
+    layer, block = "xcit_transformer.layers.{i}", "patch_transformer.blocks.{i}"
     xca, lpi = f"{layer}.0.fn", f"{layer}.1.fn.net"
     cls_layer, cls_block = "cls_transformer.layers.{j}", "cls_transformer.blocks.{j}"
     bn_leaves = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
@@ -841,7 +857,7 @@ def _xcit_rules() -> tuple:
         Rule(f"{layer}.1.scale", f"{block}.ls_lpi.gamma"),
         *_feedforward(f"{layer}.2.fn.net", block, out=4),
         Rule(f"{layer}.2.scale", f"{block}.ls2.gamma"),
-        Rule("final_norm", "xcit_transformer.norm", "layernorm"),
+        Rule("final_norm", "patch_transformer.norm", "layernorm"),
         Rule(f"{cls_layer}.0.fn.norm", f"{cls_block}.norm1", "layernorm"),
         _split_q_kv(f"{cls_layer}.0.fn", f"{cls_block}.attn.to_qkv"),
         Rule(f"{cls_layer}.0.fn.to_out.0", f"{cls_block}.attn.to_out", "linear"),
@@ -853,21 +869,36 @@ def _xcit_rules() -> tuple:
     )
 
 
+_VIT_RULES = (
+    Rule("cls_token", "cls_token", fn=_add_batch_axis),
+    Rule("pos_embedding", "pos_embedding", fn=_add_batch_axis),
+    *_patch_embedding(),
+    *_layers("transformer", "transformer"),
+    Rule("transformer.norm", "transformer.norm", "layernorm"),
+    Rule("mlp_head", "mlp_head", "linear"),
+)
+
 # ---- the tables ------------------------------------------------------------------------------------------------
 
 TABLES: dict[str, Table] = {
     "vit": Table(
         reference="vit_pytorch.vit:ViT",
+        rules=_VIT_RULES,
+        counts=_depth,
+        differences=(_MEAN_POOL_VIT, _NO_HEAD),
+    ),
+    "distill": Table(
+        # the reference's student holds no distillation token or head (its DistillWrapper does): the import reads
+        # the wrapper's state dict (a plain DistillableViT's imports as "vit") and leaves the teacher out
+        reference="vit_pytorch.distill:DistillableViT",
         rules=(
-            Rule("cls_token", "cls_token", fn=_add_batch_axis),
-            Rule("pos_embedding", "pos_embedding", fn=_add_batch_axis),
-            *_patch_embedding(),
-            *_layers("transformer", "transformer"),
-            Rule("transformer.norm", "transformer.norm", "layernorm"),
-            Rule("mlp_head", "mlp_head", "linear"),
+            *_under("student.", _VIT_RULES),
+            Rule("distillation_token", "distillation_token", fn=_token_of_one),
+            Rule("distill_mlp.1", "distill_head", "linear"),
         ),
         counts=_depth,
         differences=(_MEAN_POOL_VIT, _NO_HEAD),
+        dropped=("teacher.",),
     ),
     "simple_vit": Table(
         reference="vit_pytorch.simple_vit:SimpleViT",

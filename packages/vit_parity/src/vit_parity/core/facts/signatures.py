@@ -117,6 +117,18 @@ SIGNATURES: dict[str, Signature] = {
         image_size=_R, num_classes=_R, dim=_R, depth=None, heads=None, mlp_dim=None, pool="cls", channels=3,
         dim_head=64, dropout=0.0, emb_dropout=0.0, transformer=None, t2t_layers=((7, 4), (3, 2), (3, 2)),
     ),
+    # the distillation students take their plain model's arguments
+    "distill": Signature.of(
+        image_size=_R, patch_size=_R, num_classes=_R, dim=_R, depth=_R, heads=_R, mlp_dim=_R, pool="cls", channels=3,
+        dim_head=64, dropout=0.0, emb_dropout=0.0,
+    ),
+    "distill_t2t": Signature.of(
+        image_size=_R, num_classes=_R, dim=_R, depth=None, heads=None, mlp_dim=None, pool="cls", channels=3,
+        dim_head=64, dropout=0.0, emb_dropout=0.0, transformer=None, t2t_layers=((7, 4), (3, 2), (3, 2)),
+    ),
+    "distill_wrapper": Signature.of(
+        teacher=_R, student=_R, temperature=1.0, alpha=0.5, hard=False, mlp_layernorm=False,
+    ),
     "deepvit": Signature.of(
         image_size=_R, patch_size=_R, num_classes=_R, dim=_R, depth=_R, heads=_R, mlp_dim=_R, pool="cls", channels=3,
         dim_head=64, dropout=0.0, emb_dropout=0.0,
