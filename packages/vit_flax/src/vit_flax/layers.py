@@ -281,16 +281,17 @@ class Block(nnx.Module):
         extra = {} if context is None else {"context": context}
         y = self.attn(self.norm1(x), mask, return_attn=return_attn, **extra)
         y, attn = y if return_attn else (y, None)
-        x = x + self.drop_path(_scale(self.ls1, y))
+        x = x + self.drop_path(apply_scale(self.ls1, y))
         if self.post_norm:
             x = self.norm2(x)
-            x = x + self.drop_path(_scale(self.ls2, self.ff(x)))
+            x = x + self.drop_path(apply_scale(self.ls2, self.ff(x)))
         else:
-            x = x + self.drop_path(_scale(self.ls2, self.ff(self.norm2(x))))
+            x = x + self.drop_path(apply_scale(self.ls2, self.ff(self.norm2(x))))
         return (x, attn) if return_attn else x
 
 
-def _scale(layer_scale: LayerScale | None, x: Array) -> Array:
+def apply_scale(layer_scale: LayerScale | None, x: Array) -> Array:
+    """``x`` scaled by ``layer_scale``, or as it is when there is none (a block without layer scale)."""
     return x if layer_scale is None else layer_scale(x)
 
 

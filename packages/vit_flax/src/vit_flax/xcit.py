@@ -11,7 +11,7 @@ from flax import nnx
 from vit_flax.attention_variants import CrossCovarianceAttention, LayerDropTransformer, TalkingHeadsBlock
 from vit_flax.cait import ClassAttentionViT
 from vit_flax.convolution import BatchNorm, DepthwiseConv
-from vit_flax.layers import Block, LayerScale, _scale, default_rngs, gelu, make_norm
+from vit_flax.layers import Block, LayerScale, apply_scale, default_rngs, gelu, make_norm
 from vit_parity.core.config import records_config
 from vit_parity.core.facts import xcit
 
@@ -76,9 +76,9 @@ class XCABlock(Block):
     ) -> Array | tuple[Array, Array]:
         y = self.attn(self.norm1(x), mask, return_attn=return_attn)
         y, attn = y if return_attn else (y, None)
-        x = x + self.drop_path(_scale(self.ls1, y))
-        x = x + self.drop_path(_scale(self.ls_lpi, self.lpi(self.norm_lpi(x), grid)))
-        x = x + self.drop_path(_scale(self.ls2, self.ff(self.norm2(x))))
+        x = x + self.drop_path(apply_scale(self.ls1, y))
+        x = x + self.drop_path(apply_scale(self.ls_lpi, self.lpi(self.norm_lpi(x), grid)))
+        x = x + self.drop_path(apply_scale(self.ls2, self.ff(self.norm2(x))))
         return (x, attn) if return_attn else x
 
 

@@ -21,6 +21,7 @@ from torch import Tensor, nn
 from vit_parity.core.features import Features, block_label
 from vit_parity.core.posemb import sincos_table
 from vit_parity.core.validate import check_choice, drop_path_rates
+from vit_torch import gemm
 
 ACTIVATIONS: dict[str, Callable[[Tensor], Tensor]] = {
     "gelu": F.gelu,  # exact, torch's default
@@ -112,18 +113,30 @@ class Attention(nn.Module):
         return (t.contiguous() if t.is_nested else t).unflatten(-1, (self.heads, -1))
 
 
+class Linear(nn.Linear):
+    """An ``nn.Linear`` (same constructor, parameters and state dict) whose products run through :func:`gemm.linear`.
+
+    On CPU in float32 that picks oneDNN or MKL per product shape (see :mod:`vit_torch.gemm`); everywhere
+    else it is ``F.linear``.
+    """
+
+    def forward(self, x: Tensor) -> Tensor:
+        return gemm.linear(x, self.weight, self.bias)
+
+
 class _GeluLinear(torch.autograd.Function):
     """``linear(gelu(h), weight, bias)`` whose backward recomputes the GELU from ``h``.
 
     Plain autograd keeps both ``h`` and ``gelu(h)`` (each ``hidden_dim`` wide) until the backward pass;
-    this keeps ``h`` only, which cuts a training step's activation memory by about a quarter.
+    this keeps ``h`` only, which cuts a training step's activation memory by about a quarter. Its
+    matrix products go through :mod:`vit_torch.gemm` (oneDNN on CPU where that is faster).
     """
 
     generate_vmap_rule = True
 
     @staticmethod
     def forward(h: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
-        return F.linear(F.gelu(h), weight, bias)
+        return gemm.forward_mm(F.gelu(h), weight, bias)
 
     @staticmethod
     def setup_context(ctx: Any, inputs: tuple, output: Tensor) -> None:
@@ -136,9 +149,9 @@ class _GeluLinear(torch.autograd.Function):
         h, weight = ctx.saved_tensors
         grad_h = grad_w = grad_b = None
         if ctx.needs_input_grad[0]:  # computed in the dtype of grad, as autocast's own linear backward does
-            grad_h = torch.ops.aten.gelu_backward(grad @ weight.to(grad.dtype), h)
+            grad_h = torch.ops.aten.gelu_backward(gemm.grad_input_mm(grad, weight.to(grad.dtype)), h)
         if ctx.needs_input_grad[1]:
-            grad_w = grad.flatten(0, -2).T @ F.gelu(h).flatten(0, -2)
+            grad_w = gemm.grad_weight_mm(grad, F.gelu(h))
         if ctx.has_bias and ctx.needs_input_grad[2]:
             grad_b = grad.flatten(0, -2).sum(0)
         return grad_h, grad_w, grad_b
