@@ -98,3 +98,16 @@ def test_every_exported_model_has_a_spec_entry() -> None:
 def test_every_spec_entry_exists_in_torch() -> None:
     for arch in spec.REGISTRY.values():
         assert issubclass(arch.load_class("torch"), nn.Module), arch.name
+
+
+@pytest.mark.parametrize("arch", sorted(spec.REGISTRY))
+def test_every_dense_layer_is_the_librarys(arch: str) -> None:
+    """Every dense layer of every registry model is ``layers.Linear`` (its products go through ``vit_torch.gemm``),
+    not a plain ``nn.Linear``."""
+    entry = spec.get(arch)
+    with torch.device("meta"):  # structure only
+        model = entry.case().build("torch", entry.load_class("torch"))
+    dense = [name for name, m in model.named_modules() if isinstance(m, nn.Linear)]
+    plain = [name for name, m in model.named_modules() if type(m) is nn.Linear]
+    assert dense and not plain, f"plain nn.Linear in {arch}: {plain}"
+    assert all(isinstance(m, vit_torch.layers.Linear) for m in model.modules() if isinstance(m, nn.Linear))

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from vit_parity.core.features import Features, block_label
-from vit_torch.layers import Block, Transformer
+from vit_torch.layers import Block, Linear, Transformer
 
 
 def mix_heads(attn: Tensor, weight: Tensor) -> Tensor:
@@ -71,12 +71,12 @@ class TalkingHeadsAttention(nn.Module):
         super().__init__()
         inner = heads * dim_head
         self.heads = heads
-        self.to_qkv = nn.Linear(dim, inner * 3, bias=qkv_bias)
+        self.to_qkv = Linear(dim, inner * 3, bias=qkv_bias)
         self.mix_heads_pre_attn = nn.Parameter(torch.randn(heads, heads)) if pre_mix else None
         self.mix_heads_post_attn = nn.Parameter(torch.randn(heads, heads)) if post_mix else None
         self.head_norm = nn.LayerNorm(heads, eps=eps) if head_norm else None
         self.attn_drop = nn.Dropout(dropout if attn_dropout is None else attn_dropout)
-        self.to_out = nn.Linear(inner, dim)
+        self.to_out = Linear(inner, dim)
         self.out_drop = nn.Dropout(dropout)
 
     @property
@@ -303,10 +303,10 @@ class CrossCovarianceAttention(nn.Module):
         inner = heads * dim_head
         self.heads = heads
         self.dim_head = dim_head
-        self.to_qkv = nn.Linear(dim, inner * 3, bias=qkv_bias)
+        self.to_qkv = Linear(dim, inner * 3, bias=qkv_bias)
         self.temperature = nn.Parameter(torch.ones(heads, 1, 1))
         self.attn_drop = nn.Dropout(dropout if attn_dropout is None else attn_dropout)
-        self.to_out = nn.Linear(inner, dim)
+        self.to_out = Linear(inner, dim)
         self.out_drop = nn.Dropout(dropout)
 
     @property

@@ -14,7 +14,7 @@ from vit_parity.core.facts import cait
 from vit_parity.core.features import Features
 from vit_parity.core.validate import check_input, image_geometry
 from vit_torch.attention_variants import LayerDropTransformer, TalkingHeadsBlock
-from vit_torch.layers import PatchEmbed, crop_grid, with_features
+from vit_torch.layers import Linear, PatchEmbed, crop_grid, with_features
 
 __all__ = ["CaiT"]
 
@@ -58,7 +58,7 @@ class ClassAttentionViT(nn.Module):
         self.patch_transformer = patch_transformer
         self.cls_transformer = cls_transformer
         self.norm = nn.LayerNorm(dim)
-        self.mlp_head = nn.Linear(dim, num_classes)
+        self.mlp_head = Linear(dim, num_classes)
 
     def patch_options(self, grid: tuple[int, int]) -> dict[str, Any]:
         """Keyword arguments of the patch blocks besides the tokens, for an input of patch ``grid``."""

@@ -20,7 +20,7 @@ from vit_parity.core.facts import cct
 from vit_parity.core.features import Features
 from vit_parity.core.posemb import sinusoidal_table
 from vit_parity.core.validate import check_input
-from vit_torch.layers import Transformer, crop_grid, with_features
+from vit_torch.layers import Linear, Transformer, crop_grid, with_features
 from vit_torch.vit import IMAGE_AXES
 
 __all__ = ["CCT", "cct_2", "cct_4", "cct_6", "cct_7", "cct_8", "cct_14", "cct_16"]
@@ -111,8 +111,8 @@ class CompactTransformer(nn.Module):
             embedding_dim, num_layers, heads, dim_head, int(embedding_dim * mlp_ratio), dropout_rate,
             drop_path=geometry.rates, attn_dropout=attention_dropout, post_norm=True,
         )  # fmt: skip
-        self.attention_pool = nn.Linear(embedding_dim, 1)
-        self.fc = nn.Linear(embedding_dim, num_classes)
+        self.attention_pool = Linear(embedding_dim, 1)
+        self.fc = Linear(embedding_dim, num_classes)
 
     def forward(
         self, x: Tensor, *, return_features: bool | Sequence[str | int] = False, return_attn: bool = False

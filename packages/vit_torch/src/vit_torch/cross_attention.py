@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from vit_torch.layers import Attention
+from vit_torch.layers import Attention, Linear
 
 
 class CrossAttention(nn.Module):
@@ -42,10 +42,10 @@ class CrossAttention(nn.Module):
         super().__init__()
         context_dim = dim if context_dim is None else context_dim
         self.include_self = include_self
-        self.project_in = nn.Linear(dim, context_dim) if context_dim != dim else nn.Identity()
+        self.project_in = Linear(dim, context_dim) if context_dim != dim else nn.Identity()
         self.norm = nn.LayerNorm(context_dim, eps=eps)
         self.attn = attn or Attention(context_dim, heads, dim_head, dropout)
-        self.project_out = nn.Linear(context_dim, dim) if context_dim != dim else nn.Identity()
+        self.project_out = Linear(context_dim, dim) if context_dim != dim else nn.Identity()
 
     def forward(
         self, x: Tensor, context: Tensor, mask: Tensor | None = None, *, return_attn: bool = False

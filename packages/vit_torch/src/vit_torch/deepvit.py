@@ -13,7 +13,7 @@ from vit_parity.core.facts import deepvit
 from vit_parity.core.features import Features
 from vit_parity.core.validate import check_input, image_geometry
 from vit_torch.attention_variants import TalkingHeadsBlock
-from vit_torch.layers import PatchEmbed, Transformer, crop_grid, with_features
+from vit_torch.layers import Linear, PatchEmbed, Transformer, crop_grid, with_features
 
 __all__ = ["DeepViT"]
 
@@ -64,7 +64,7 @@ class DeepViT(nn.Module):
             pre_mix=False, post_mix=True, head_norm=True,
         )  # fmt: skip
         self.norm = nn.LayerNorm(dim)
-        self.mlp_head = nn.Linear(dim, num_classes)
+        self.mlp_head = Linear(dim, num_classes)
 
     def forward(
         self, img: Tensor, *, return_features: bool | Sequence[str | int] = False, return_attn: bool = False

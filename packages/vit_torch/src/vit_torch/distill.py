@@ -21,7 +21,7 @@ from vit_parity.core.config import records_config
 from vit_parity.core.facts import distill as facts
 from vit_parity.core.facts import t2t
 from vit_parity.core.features import Features
-from vit_torch.layers import with_features
+from vit_torch.layers import Linear, with_features
 from vit_torch.t2t import T2TViT
 from vit_torch.vit import ViT
 
@@ -47,7 +47,7 @@ class DistillMixin:
     def _add_distillation(self, dim: int, num_classes: int) -> None:
         self.dim, self.num_classes = dim, num_classes
         self.distillation_token = nn.Parameter(torch.randn(1, 1, dim))
-        self.distill_head = nn.Linear(dim, num_classes)
+        self.distill_head = Linear(dim, num_classes)
 
     def distill_tokens(self, img: Tensor, features: Features | None = None) -> tuple[Tensor, Tensor]:
         """The transformer's output with the distillation token: ``(pooled, token)``, ``pooled`` what the class head

@@ -74,9 +74,9 @@ class Attention(nn.Module):
         inner = heads * dim_head
         self.heads = heads
         self.dropout = dropout if attn_dropout is None else attn_dropout
-        self.to_qkv = nn.Linear(dim, inner * 3, bias=qkv_bias)
+        self.to_qkv = Linear(dim, inner * 3, bias=qkv_bias)
         project_out = not (heads == 1 and dim_head == dim)
-        self.to_out = nn.Linear(inner, dim, bias=out_bias) if project_out else nn.Identity()
+        self.to_out = Linear(inner, dim, bias=out_bias) if project_out else nn.Identity()
         self.out_drop = nn.Dropout(dropout)
         self.q_norm = nn.RMSNorm(dim_head, eps=eps) if qk_norm else None
         self.k_norm = nn.RMSNorm(dim_head, eps=eps) if qk_norm else None
@@ -164,8 +164,8 @@ class FeedForward(nn.Module):
         super().__init__()
         check_choice(act, tuple(ACTIVATIONS), "act")
         self.act = act
-        self.fc1 = nn.Linear(dim, hidden_dim)
-        self.fc2 = nn.Linear(hidden_dim, dim)
+        self.fc1 = Linear(dim, hidden_dim)
+        self.fc2 = Linear(hidden_dim, dim)
         self.drop = nn.Dropout(dropout)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -340,7 +340,7 @@ class PatchEmbed(nn.Module):
         self.patch_size = tuple(patch_size)
         patch_dim = channels * math.prod(self.patch_size)
         self.pre_norm = nn.LayerNorm(patch_dim, eps=eps)
-        self.proj = nn.Linear(patch_dim, dim)
+        self.proj = Linear(patch_dim, dim)
         self.post_norm = nn.LayerNorm(dim, eps=eps)
 
     def forward(self, x: Tensor) -> tuple[Tensor, tuple[int, ...]]:

@@ -20,7 +20,7 @@ from vit_parity.core import packing
 from vit_parity.core.config import records_config
 from vit_parity.core.features import Features
 from vit_parity.core.validate import as_tuple, check_divisible
-from vit_torch.layers import Attention, PatchEmbed, Transformer, patchify, with_features
+from vit_torch.layers import Attention, Linear, PatchEmbed, Transformer, patchify, with_features
 
 __all__ = ["NaViT"]
 
@@ -69,7 +69,7 @@ class NaViTBase(nn.Module):
         self.attn_pool_norm = nn.LayerNorm(dim)
         self.attn_pool = Attention(dim, heads, dim_head, out_bias=False, qk_norm=True)
         self.head_norm = nn.LayerNorm(dim)
-        self.mlp_head = nn.Linear(dim, num_classes, bias=False)
+        self.mlp_head = Linear(dim, num_classes, bias=False)
 
     def tokens(self, images: Sequence[Tensor], keep: Sequence[Any] | None = None) -> tuple[list[Tensor], list[Tensor]]:
         """Every image's patches ``(n_i, prod(patch) * c)`` and patch coordinates ``(n_i, n_axes)``.

@@ -9,7 +9,7 @@ from torch import Tensor, nn
 from vit_parity.core.config import records_config
 from vit_parity.core.features import Features
 from vit_parity.core.validate import check_input, image_geometry
-from vit_torch.layers import PatchEmbed, Transformer, crop_grid, sincos_posemb, with_features
+from vit_torch.layers import Linear, PatchEmbed, Transformer, crop_grid, sincos_posemb, with_features
 from vit_torch.vit import IMAGE_AXES
 
 __all__ = ["SimpleViT"]
@@ -44,7 +44,7 @@ class SinCosViT(nn.Module):
 
         self.to_patch_embedding = PatchEmbed(patch_size, channels, dim)
         self.transformer = Transformer(dim, depth, heads, dim_head, mlp_dim, out_bias=False)
-        self.linear_head = nn.Linear(dim, num_classes)
+        self.linear_head = Linear(dim, num_classes)
 
     def forward(
         self, x: Tensor, *, return_features: bool | Sequence[str | int] = False, return_attn: bool = False

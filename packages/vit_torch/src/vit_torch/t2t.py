@@ -12,7 +12,7 @@ from vit_parity.core.config import records_config
 from vit_parity.core.facts import t2t
 from vit_parity.core.features import Features
 from vit_parity.core.validate import check_input
-from vit_torch.layers import Transformer, crop_grid, with_features
+from vit_torch.layers import Linear, Transformer, crop_grid, with_features
 from vit_torch.unfold import unfold
 from vit_torch.vit import IMAGE_AXES
 
@@ -32,7 +32,7 @@ class TokensToToken(nn.Module):
         super().__init__()
         self.layers = geometry.layers
         self.transformers = nn.ModuleList(Transformer(w, 1, 1, w, w, dropout) for w in geometry.widths[:-1])
-        self.proj = nn.Linear(geometry.widths[-1], dim)
+        self.proj = Linear(geometry.widths[-1], dim)
 
     def forward(self, img: Tensor, features: Features | None = None) -> tuple[Tensor, tuple[int, int]]:
         x, grid = img, tuple(img.shape[2:])
@@ -95,7 +95,7 @@ class T2TViT(nn.Module):
         if transformer is None:
             transformer = Transformer(dim, depth, heads, dim_head, mlp_dim, dropout)
         self.transformer = transformer
-        self.mlp_head = nn.Linear(dim, num_classes)
+        self.mlp_head = Linear(dim, num_classes)
 
     def positions(self, grid: tuple[int, int]) -> Tensor:
         """The positional embeddings ``(1, 1 + prod(grid), dim)`` of the class token and a token ``grid``."""

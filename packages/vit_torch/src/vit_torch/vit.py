@@ -11,7 +11,7 @@ from torch import Tensor, nn
 from vit_parity.core.config import records_config
 from vit_parity.core.features import Features
 from vit_parity.core.validate import check_choice, check_input, image_geometry
-from vit_torch.layers import PatchEmbed, Transformer, crop_grid, with_features
+from vit_torch.layers import Linear, PatchEmbed, Transformer, crop_grid, with_features
 
 __all__ = ["ViT"]
 
@@ -57,7 +57,7 @@ class ClassTokenViT(nn.Module):
         self.cls_token = nn.Parameter(torch.randn(1, 1, dim))
         self.dropout = nn.Dropout(emb_dropout)
         self.transformer = Transformer(dim, depth, heads, dim_head, mlp_dim, dropout)
-        self.mlp_head = nn.Linear(dim, num_classes)
+        self.mlp_head = Linear(dim, num_classes)
 
     def tokens(self, x: Tensor, features: Features | None = None) -> Tensor:
         """Check ``x``, embed its patches, add the positions and prepend the class token: ``(b, 1 + n, dim)``,

@@ -13,7 +13,7 @@ from vit_parity.core.config import records_config
 from vit_parity.core.facts import vivit
 from vit_parity.core.features import Features
 from vit_parity.core.validate import check_input, video_geometry
-from vit_torch.layers import Attention, Block, PatchEmbed, Transformer, crop_grid, with_features
+from vit_torch.layers import Attention, Block, Linear, PatchEmbed, Transformer, crop_grid, with_features
 from vit_torch.vit_3d import VIDEO_AXES
 
 __all__ = ["ViT"]
@@ -94,7 +94,7 @@ class ViT(nn.Module):
             self.factorized_transformer = Transformer(
                 dim, spatial_depth, heads, dim_head, mlp_dim, dropout, block=FactorizedBlock
             )
-        self.mlp_head = nn.Linear(dim, num_classes)
+        self.mlp_head = Linear(dim, num_classes)
 
     def forward(
         self, video: Tensor, *, return_features: bool | Sequence[str | int] = False, return_attn: bool = False
