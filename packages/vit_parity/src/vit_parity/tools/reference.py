@@ -735,19 +735,23 @@ def _deepvit_layers() -> tuple:
 
 
 def _flat_scale(arrays: Sequence[np.ndarray], leaf: str, config: Config) -> np.ndarray:
-    """CaiT's layer scale ``(1, 1, dim)`` as our ``gamma`` ``(dim,)``."""
+    """A layer scale saved as ``(1, 1, dim)`` (CaiT's) or ``(dim,)`` (XCiT's) as our ``gamma`` ``(dim,)``."""
     return arrays[0].reshape(-1)
 
 
-def _cait_stack(src: str, dst: str, n: str) -> tuple:
-    """A CaiT stack: each layer a layer-scaled talking-heads attention (0) and feed-forward (1)."""
+def _cait_stack(src: str, dst: str, n: str, *, mix: bool = True) -> tuple:
+    """A CaiT stack: each layer a layer-scaled attention (0), talking-heads with ``mix`` (CaiT's; XCiT's class
+    stack has none), and feed-forward (1)."""
     layer, block = f"{src}.layers.{{{n}}}", f"{dst}.blocks.{{{n}}}"
     attn = f"{layer}.0.fn"
+    mixing = (
+        Rule(f"{attn}.mix_heads_pre_attn", f"{block}.attn.mix_heads_pre_attn"),
+        Rule(f"{attn}.mix_heads_post_attn", f"{block}.attn.mix_heads_post_attn"),
+    )
     return (
         Rule(f"{attn}.norm", f"{block}.norm1", "layernorm"),
         _split_q_kv(attn, f"{block}.attn.to_qkv"),
-        Rule(f"{attn}.mix_heads_pre_attn", f"{block}.attn.mix_heads_pre_attn"),
-        Rule(f"{attn}.mix_heads_post_attn", f"{block}.attn.mix_heads_post_attn"),
+        *(mixing if mix else ()),
         Rule(f"{attn}.to_out.0", f"{block}.attn.to_out", "linear"),
         Rule(f"{layer}.0.scale", f"{block}.ls1.gamma", fn=_flat_scale),
         *_feedforward(f"{layer}.1.fn.net", block, out=4),
@@ -821,17 +825,13 @@ def _under(prefix: str, rules: Sequence[Rule]) -> tuple[Rule, ...]:
     return tuple(replace(r, src=tuple(f"{prefix}{s}" for s in r.sources)) for r in rules)
 
 
-def _token_of_one(arrays: Sequence[np.ndarray], leaf: str, config: Config) -> np.ndarray:
-    """The distillation token ``(1, dim)`` as ours ``(1, 1, dim)``."""
+def _as_token(arrays: Sequence[np.ndarray], leaf: str, config: Config) -> np.ndarray:
+    """A token saved as ``(dim,)`` or ``(1, dim)`` (XCiT's class token, the distillation token) as ours
+    ``(1, 1, dim)``."""
     return arrays[0].reshape(1, 1, -1)
 
 
 # ---- XCiT ------------------------------------------------------------------------------------------------------
-
-
-def _class_token(arrays: Sequence[np.ndarray], leaf: str, config: Config) -> np.ndarray:
-    """XCiT's class token ``(dim,)`` as ours ``(1, 1, dim)``."""
-    return arrays[0].reshape(1, 1, -1)
 
 
 def _xcit_rules() -> tuple:
@@ -839,10 +839,9 @@ def _xcit_rules() -> tuple:
     the final norm, then CaiT-like class-attention layers without head mixing."""
     layer, block = "xcit_transformer.layers.{i}", "patch_transformer.blocks.{i}"
     xca, lpi = f"{layer}.0.fn", f"{layer}.1.fn.net"
-    cls_layer, cls_block = "cls_transformer.layers.{j}", "cls_transformer.blocks.{j}"
     bn_leaves = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
     return (
-        Rule("cls_token", "cls_token", fn=_class_token),
+        Rule("cls_token", "cls_token", fn=_as_token),
         Rule("pos_embedding", "pos_embedding"),
         *_patch_embedding(),
         Rule(f"{xca}.norm", f"{block}.norm1", "layernorm"),
@@ -858,12 +857,7 @@ def _xcit_rules() -> tuple:
         *_feedforward(f"{layer}.2.fn.net", block, out=4),
         Rule(f"{layer}.2.scale", f"{block}.ls2.gamma"),
         Rule("final_norm", "patch_transformer.norm", "layernorm"),
-        Rule(f"{cls_layer}.0.fn.norm", f"{cls_block}.norm1", "layernorm"),
-        _split_q_kv(f"{cls_layer}.0.fn", f"{cls_block}.attn.to_qkv"),
-        Rule(f"{cls_layer}.0.fn.to_out.0", f"{cls_block}.attn.to_out", "linear"),
-        Rule(f"{cls_layer}.0.scale", f"{cls_block}.ls1.gamma"),
-        *_feedforward(f"{cls_layer}.1.fn.net", cls_block, out=4),
-        Rule(f"{cls_layer}.1.scale", f"{cls_block}.ls2.gamma"),
+        *_cait_stack("cls_transformer", "cls_transformer", "j", mix=False),
         Rule("mlp_head.0", "norm", "layernorm"),
         Rule("mlp_head.1", "mlp_head", "linear"),
     )
@@ -893,7 +887,7 @@ TABLES: dict[str, Table] = {
         reference="vit_pytorch.distill:DistillableViT",
         rules=(
             *_under("student.", _VIT_RULES),
-            Rule("distillation_token", "distillation_token", fn=_token_of_one),
+            Rule("distillation_token", "distillation_token", fn=_as_token),
             Rule("distill_mlp.1", "distill_head", "linear"),
         ),
         counts=_depth,

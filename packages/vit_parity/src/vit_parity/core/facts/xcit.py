@@ -6,11 +6,9 @@ share are :mod:`vit_parity.core.facts.cait`'s, and so is the layer-scale start.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 from vit_parity.core.facts import cait
 
-__all__ = ["check_arguments", "check_keep_layers", "layer_scale_init"]
+__all__ = ["check_arguments", "layer_scale_init"]
 
 
 def layer_scale_init(depth: int) -> float:
@@ -34,9 +32,3 @@ def check_arguments(*, depth: int, cls_depth: int, layer_dropout: float, local_p
             f"local_patch_kernel_size must be an odd int >= 1 (the depthwise convolutions pad k // 2 on each side "
             f"to keep the patch grid), got {k!r}"
         )
-
-
-def check_keep_layers(shape: Sequence[int], *, depth: int, cls_depth: int) -> None:
-    """``keep_layers`` holds one flag per block: the ``depth`` cross-covariance blocks, then the ``cls_depth`` class
-    blocks (CaiT's check)."""
-    cait.check_keep_layers(shape, depth=depth, cls_depth=cls_depth)
