@@ -125,6 +125,31 @@ def run_case(
         tamper(flax_model)
     t_in = map_arrays(torch.from_numpy, case.sample("torch", seed))
     f_in = map_arrays(jnp.asarray, case.sample("flax", seed))
+    diffs = compare_outputs(case, torch_model, flax_model, t_in, f_in, rtol=rtol, atol=atol)
+    if has_batchnorm(torch_model):
+        diffs += batchnorm_train_step(case, torch_model, flax_model, t_in, f_in, rtol=rtol, atol=atol)
+    return diffs
+
+
+def compare_outputs(
+    case: Case,
+    torch_model: Any,
+    flax_model: Any,
+    t_in: tuple[Any, ...],
+    f_in: tuple[Any, ...],
+    *,
+    prefix: str = "",
+    rtol: float = RTOL,
+    atol: float = ATOL,
+) -> list[Diff]:
+    """One call of each model on its input: the output leaves (``logits``, ``output.loss`` ...) and every labelled
+    feature, each a :class:`Diff` named ``<prefix>/<label>`` (``<label>`` without a prefix); mismatched labels
+    fail as such."""
+    import torch
+
+    def name(label: str) -> str:
+        return f"{prefix}/{label}" if prefix else label
+
     features = takes_features(torch_model)
     with strict_float32(), torch.no_grad():
         t_out, t_feats = torch_model(*t_in, return_features=True) if features else (torch_model(*t_in), {})
@@ -133,20 +158,18 @@ def run_case(
     f_leaves = output_leaves(case.logits("flax", f_in, f_out))
     t_labels, f_labels = [k for k, _ in t_leaves], [k for k, _ in f_leaves]
     if t_labels != f_labels:
-        return [Diff(f"outputs: torch {t_labels} vs flax {f_labels}", np.inf, np.inf, False)]
+        return [Diff(name(f"outputs: torch {t_labels} vs flax {f_labels}"), np.inf, np.inf, False)]
     diffs = [
-        compare("logits" if label == "output" else label, np.asarray(f), np.asarray(t), rtol, atol)
+        compare(name("logits" if label == "output" else label), np.asarray(f), np.asarray(t), rtol, atol)
         for (label, t), (_, f) in zip(t_leaves, f_leaves)
     ]
     if list(t_feats) != list(f_feats):
-        diffs.append(Diff(f"features: torch {list(t_feats)} vs flax {list(f_feats)}", np.inf, np.inf, False))
+        diffs.append(Diff(name(f"features: torch {list(t_feats)} vs flax {list(f_feats)}"), np.inf, np.inf, False))
     for label in t_feats:
         if label in f_feats:
             got = np.asarray(case.feature("flax", f_in, label, f_feats[label]))
             want = np.asarray(case.feature("torch", t_in, label, t_feats[label]))
-            diffs.append(compare(label, got, want, rtol, atol))
-    if has_batchnorm(torch_model):
-        diffs += batchnorm_train_step(case, torch_model, flax_model, t_in, f_in, rtol=rtol, atol=atol)
+            diffs.append(compare(name(label), got, want, rtol, atol))
     return diffs
 
 
@@ -177,7 +200,6 @@ def batchnorm_train_step(
     and ones). Both models are put back as they were (weights, statistics, eval mode) before returning.
     """
     import jax
-    import torch
     from flax import nnx
     from torch import nn
 
@@ -186,23 +208,8 @@ def batchnorm_train_step(
     from vit_parity.core.convert import convert
     from vit_torch.checkpoint import state_numpy as torch_state
 
-    features = takes_features(torch_model)
-
     def outputs(prefix: str) -> list[Diff]:
-        with strict_float32(), torch.no_grad():
-            t_out, t_feats = torch_model(*t_in, return_features=True) if features else (torch_model(*t_in), {})
-            f_out, f_feats = flax_model(*f_in, return_features=True) if features else (flax_model(*f_in), {})
-        t_leaves = output_leaves(case.logits("torch", t_in, t_out))
-        f_leaves = output_leaves(case.logits("flax", f_in, f_out))
-        diffs = [
-            compare(f"{prefix}/{'logits' if label == 'output' else label}", np.asarray(f), np.asarray(t), rtol, atol)
-            for (label, t), (_, f) in zip(t_leaves, f_leaves)
-        ]
-        for label in (k for k in t_feats if k in f_feats):
-            got = np.asarray(case.feature("flax", f_in, label, f_feats[label]))
-            want = np.asarray(case.feature("torch", t_in, label, t_feats[label]))
-            diffs.append(compare(f"{prefix}/{label}", got, want, rtol, atol))
-        return diffs
+        return compare_outputs(case, torch_model, flax_model, t_in, f_in, prefix=prefix, rtol=rtol, atol=atol)
 
     saved_torch = {k: v.detach().clone() for k, v in torch_model.state_dict().items()}
     saved_flax = jax.tree.map(lambda x: x, nnx.state(flax_model, nnx.BatchStat))  # arrays: a snapshot
