@@ -40,6 +40,7 @@ from types import ModuleType
 from typing import Any
 
 import numpy as np
+from peak import flop_cells, gemm_decisions, gemm_line
 
 LIBS = ("vit_torch", "vit-pytorch", "vit_flax")
 NUM_CLASSES = 1000  # compare.py's labels are drawn from this many classes
@@ -266,6 +267,9 @@ def ratios(arch: Arch, result: dict) -> dict[str, float]:
     return out
 
 
+# vit_torch's own rate: GFLOP/s of its median step and the fraction of the run's fp32 GEMM peak
+RATE_COLUMNS = ("vit_torch inference GFLOP/s (of peak)", "vit_torch training GFLOP/s (of peak)")
+
 COLUMNS = (
     ("torch/ref infer", "torch/ref inference"),
     ("torch/ref train", "torch/ref training"),
@@ -283,22 +287,27 @@ def markdown(results: dict) -> str:
         f"jax {meta['jax']}, flax {meta['flax']}, vit-pytorch {meta['vit_pytorch']}; {meta['rounds']} interleaved "
         f"rounds, medians. Command: `{meta['command']}`.",
         "",
+        gemm_line(meta),
+        "",
         "Throughput ratios: images per second of the first over the second (above 1: faster). Memory ratios: "
         "peak memory of one training step over the resting model, first over second (below 1: less).",
         "",
-        "| architecture | " + " | ".join(title for _, title in COLUMNS) + " |",
-        "| --- |" + " ---: |" * len(COLUMNS),
+        "| architecture | " + " | ".join([*(title for _, title in COLUMNS), *RATE_COLUMNS]) + " |",
+        "| --- |" + " ---: |" * (len(COLUMNS) + len(RATE_COLUMNS)),
     ]
     notes = []
     for name, result in results["archs"].items():
         if "error" in result or "ratios" not in result:
             why = result["error"].splitlines()[-1] if "error" in result else "skipped, see below"
-            lines.append(f"| {name} | {why} |" + " |" * (len(COLUMNS) - 1))
+            lines.append(f"| {name} | {why} |" + " |" * (len(COLUMNS) + len(RATE_COLUMNS) - 1))
             if result.get("skipped"):
                 notes.append(f"{name}: skipped " + "; ".join(f"{c} ({w})" for c, w in result["skipped"].items()))
             continue
         r = result["ratios"]
-        lines.append(f"| {name} | " + " | ".join(f"{r[k]:.2f}" if k in r else "-" for k, _ in COLUMNS) + " |")
+        torch_row = result["throughput"].get(f"vit_torch.{name}")
+        rates = flop_cells(torch_row, name, meta) if torch_row else ["-", "-"]
+        cells = [*(f"{r[k]:.2f}" if k in r else "-" for k, _ in COLUMNS), *rates]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
         if result.get("skipped"):
             notes.append(f"{name}: skipped " + "; ".join(f"{c} ({why})" for c, why in result["skipped"].items()))
     lines += ["", "Configs (constructor arguments shared by the three libraries, batch, input):", ""]
@@ -363,6 +372,7 @@ def main(args: argparse.Namespace, compare: ModuleType) -> int:
             failed.append(arch.name)
             log(result["error"])
         results["archs"][arch.name] = result
+        results["meta"]["gemm_decisions"] = gemm_decisions()
         # written after every architecture, so a long run that is cut short still leaves its table
         Path(args.out + ".json").write_text(json.dumps(results, indent=1, default=repr))
         Path(args.out + ".md").write_text(markdown(results))

@@ -26,6 +26,13 @@ Protocol
   resident set instead of lingering in the heap. tracemalloc is not used: it does not see torch's or
   XLA's allocations.
 
+- bf16: contenders named ``...@bf16`` run torch under ``torch.autocast("cpu", torch.bfloat16)`` and flax built
+  with ``dtype=bfloat16`` (parameters stay float32 in both).
+- How close to the limit: every run starts with bench/peak.py's GEMM micro-benchmark (MKL, oneDNN, XLA, bf16) at
+  ViT-S's feed-forward shape, printed at the top of the tables with the paths vit_torch's dense layers chose; each
+  row gives its GFLOP/s (the model's matrix-product FLOPs, counted once by torch's FLOP counter, over the median
+  step) and the fraction of the fastest path of its precision.
+
 Writes ``<out>.md`` (the tables) and ``<out>.json`` (every measurement) — default bench/results.*
 (bench/archs.* with ``--archs``).
 """
@@ -51,6 +58,7 @@ if str(HERE) not in sys.path:  # bench/archs.py, when this file is not run as a 
     sys.path.insert(0, str(HERE))
 
 import archs  # noqa: E402  the per-architecture configs (--archs)
+import peak  # noqa: E402  the GEMM peak and FLOP counts
 
 # ViT-S/16: dim 384, depth 12, heads 6 (dim_head 64), mlp 1536.
 VIT_S = dict(dim=384, depth=12, heads=6, mlp_dim=1536, dim_head=64)
@@ -68,9 +76,9 @@ class Config:
 
 
 IMAGE = ("vit_torch.ViT", "vit_torch.SimpleViT", "vit-pytorch.ViT", "vit-pytorch.SimpleViT", "timm.vit_small")
-IMAGE += ("vit_flax.ViT", "vit_flax.SimpleViT")
+IMAGE += ("vit_flax.ViT", "vit_flax.SimpleViT", "vit_torch.ViT@bf16", "vit_flax.ViT@bf16")
 CLIP = ("vit_torch.ViT3D", "vit-pytorch.ViT3D", "vit_torch.ViViT", "vit-pytorch.ViViT", "timm.vit_small")
-CLIP += ("vit_flax.ViT3D", "vit_flax.ViViT")
+CLIP += ("vit_flax.ViT3D", "vit_flax.ViViT", "vit_torch.ViT3D@bf16")
 
 CONFIGS = {
     c.name: c
@@ -102,6 +110,13 @@ def _vivit_kwargs(cfg: Config) -> dict:
     return dict(_clip_kwargs(cfg), spatial_depth=depth - depth // 3, temporal_depth=depth // 3, **kw)
 
 
+def split_precision(contender: str) -> tuple[str, str]:
+    """``vit_torch.ViT@bf16`` -> (``vit_torch.ViT``, ``bf16``): torch under CPU autocast, flax built with
+    ``dtype=bfloat16`` (parameters stay float32 in both); no suffix: fp32."""
+    base, _, precision = contender.partition("@")
+    return base, precision or "fp32"
+
+
 def config_named(name: str) -> Config | archs.Arch:
     """A config of this file, or a per-architecture one of bench/archs.py (both run through the same runners)."""
     return CONFIGS[name] if name in CONFIGS else archs.get(name)
@@ -110,7 +125,7 @@ def config_named(name: str) -> Config | archs.Arch:
 def build_torch_model(contender: str, cfg: Config):
     if isinstance(cfg, archs.Arch):
         return archs.build_torch(contender, cfg)
-    lib, name = contender.split(".")
+    lib, name = split_precision(contender)[0].split(".")
     if lib == "timm":
         import timm
 
@@ -140,11 +155,14 @@ def build_torch_model(contender: str, cfg: Config):
 
 
 def build_flax_model(contender: str, cfg: Config):
+    import jax.numpy as jnp
     from flax import nnx
 
     if isinstance(cfg, archs.Arch):
         return archs.build_flax(contender, cfg)
-    name = contender.split(".")[1]
+    base, precision = split_precision(contender)
+    name = base.split(".")[1]
+    dtype = jnp.bfloat16 if precision == "bf16" else None
     module = {
         "ViT": "vit_flax.vit:ViT",
         "SimpleViT": "vit_flax.simple_vit:SimpleViT",
@@ -153,10 +171,10 @@ def build_flax_model(contender: str, cfg: Config):
     }[name]
     cls = _load(module)
     if name == "ViViT":
-        return cls(**_vivit_kwargs(cfg), rngs=nnx.Rngs(0))
+        return cls(**_vivit_kwargs(cfg), dtype=dtype, rngs=nnx.Rngs(0))
     if name == "ViT3D":
-        return cls(**_clip_kwargs(cfg), **VIT_S, rngs=nnx.Rngs(0))
-    return cls(**_image_kwargs(cfg), rngs=nnx.Rngs(0))
+        return cls(**_clip_kwargs(cfg), **VIT_S, dtype=dtype, rngs=nnx.Rngs(0))
+    return cls(**_image_kwargs(cfg), dtype=dtype, rngs=nnx.Rngs(0))
 
 
 def _load(path: str) -> type:
@@ -166,7 +184,7 @@ def _load(path: str) -> type:
 
 def available(contender: str) -> str | None:
     """None when the contender can be built here, else the reason it cannot."""
-    lib, name = contender.split(".")
+    lib, name = split_precision(contender)[0].split(".")
     paths = {
         "vit_torch": {"ViT3D": "vit_torch.vit_3d", "ViViT": "vit_torch.vivit"},
         "vit_flax": {"ViT3D": "vit_flax.vit_3d", "ViViT": "vit_flax.vivit"},
@@ -212,16 +230,21 @@ class TorchRunner(Runner):
         self.y = torch.randint(0, NUM_CLASSES, (cfg.batch,), generator=torch.Generator().manual_seed(seed))
         self.opt = torch.optim.AdamW(self.model.parameters(), lr=LR, fused=True)  # one kernel per tensor
         self.compile_s = {}
+        self.bf16 = split_precision(contender)[1] == "bf16"
+
+    def _autocast(self):
+        return self.torch.autocast("cpu", dtype=self.torch.bfloat16, enabled=self.bf16)
 
     def infer(self) -> None:
         self.model.eval()
-        with self.torch.inference_mode():
+        with self.torch.inference_mode(), self._autocast():
             self.model(self.x)
 
     def train(self) -> None:
         self.model.train()
         self.opt.zero_grad(set_to_none=True)
-        loss = self.torch.nn.functional.cross_entropy(self.model(self.x), self.y)
+        with self._autocast():
+            loss = self.torch.nn.functional.cross_entropy(self.model(self.x), self.y)
         loss.backward()
         self.opt.step()
 
@@ -290,6 +313,25 @@ def timed(fn: Callable[[], None]) -> float:
     return time.perf_counter() - start
 
 
+def model_key(contender: str) -> str:
+    """What a contender computes, whatever library or precision runs it: ``vit_flax.ViT@bf16`` -> ``ViT``."""
+    return split_precision(contender)[0].split(".", 1)[1]
+
+
+def count_flops(runners: dict[str, Runner], log: Callable[[str], None]) -> dict[str, dict[str, float]]:
+    """FLOPs per :func:`model_key`, counted on a torch contender of that model (a flax model has its torch
+    twin's products); models that only flax runs here are left out."""
+    out: dict[str, dict[str, float]] = {}
+    for name, runner in runners.items():
+        key = model_key(name)
+        if isinstance(runner, TorchRunner) and key not in out:
+            try:
+                out[key] = peak.torch_flops(runner.model, runner.x)
+            except Exception as err:  # a count the counter cannot make costs the column, not the run
+                log(f"  no FLOP count for {name}: {type(err).__name__}: {err}")
+    return out
+
+
 def measure_throughput(cfg: Config, contenders: list[str], rounds: int, log: Callable[[str], None]) -> dict:
     runners: dict[str, Runner] = {}
     for name in contenders:
@@ -307,10 +349,12 @@ def measure_throughput(cfg: Config, contenders: list[str], rounds: int, log: Cal
             samples[name]["infer"].append(timed(runners[name].infer))
             samples[name]["train"].append(timed(runners[name].train))
         log(f"  round {r + 1}/{rounds}: " + ", ".join(f"{n} {samples[n]['train'][-1]:.2f}s" for n in names))
+    flops = count_flops(runners, log)
     out = {}
     for name, runner in runners.items():
         med = {k: statistics.median(v) for k, v in samples[name].items()}
         out[name] = {
+            "flops": flops.get(model_key(name)),
             "framework": runner.framework,
             "infer_img_s": cfg.batch / med["infer"],
             "train_img_s": cfg.batch / med["train"],
@@ -382,6 +426,10 @@ PAIRS = [
             (f"vit_flax.{name}", (f"vit_torch.{name}",)),
         )
     ),
+    ("vit_torch.ViT@bf16", ("timm.vit_small",)),
+    ("vit_torch.ViT@bf16", ("vit_torch.ViT",)),
+    ("vit_flax.ViT@bf16", ("vit_flax.ViT",)),
+    ("vit_torch.ViT3D@bf16", ("vit_torch.ViT3D",)),
 ]
 
 
@@ -415,13 +463,16 @@ def markdown(results: dict) -> str:
         f"jax {meta['jax']}, flax {meta['flax']}, timm {meta['timm']}, vit-pytorch {meta['vit_pytorch']}; "
         f"{meta['rounds']} interleaved rounds, medians. Command: `{meta['command']}`.",
         "",
+        peak.gemm_line(meta),
+        "",
     ]
     for cfg_name, result in results["configs"].items():
         cfg = CONFIGS[cfg_name]
         lines += [f"**{cfg.title}**", ""]
         lines += [
-            "| model | inference img/s | training img/s | inference peak MiB | training peak MiB | compile s |",
-            "| --- | ---: | ---: | ---: | ---: | ---: |",
+            "| model | inference img/s | training img/s | inference GFLOP/s (of peak) | training GFLOP/s (of peak) "
+            "| inference peak MiB | training peak MiB | compile s |",
+            "| --- |" + " ---: |" * 7,
         ]
         for name, row in result["throughput"].items():
             mem = result.get("memory", {}).get(name)
@@ -430,11 +481,11 @@ def markdown(results: dict) -> str:
             comp_cell = f"{comp['infer']:.1f} + {comp['train']:.1f}" if comp else "-"
             lines.append(
                 f"| {name} | {row['infer_img_s']:.2f} | {row['train_img_s']:.2f} | "
-                + " | ".join(mem_cells)
+                + " | ".join([*peak.flop_cells(row, name, meta), *mem_cells])
                 + f" | {comp_cell} |"
             )
         for name, why in result.get("skipped", {}).items():
-            lines.append(f"| {name} | skipped: {why} | | | | |")
+            lines.append(f"| {name} | skipped: {why} |" + " |" * 6)
         r = ratios(result)
         if r:
             cols = ["infer median", "infer best", "train median", "train best", "training peak memory"]
@@ -456,7 +507,10 @@ def meta(args: argparse.Namespace) -> dict:
             versions[dist.replace("-", "_")] = version(dist)
         except Exception:  # a missing library is reported as such
             versions[dist.replace("-", "_")] = "absent"
+    m, k, n = peak.VIT_S_SHAPE
     return {
+        "gemm_peak": peak.gemm_peak(m, k, n),
+        "gemm_mode": os.environ.get("VIT_TORCH_CPU_GEMM", "auto"),
         "date": time.strftime("%Y-%m-%d %H:%M"),
         "machine": f"{platform.processor() or platform.machine()} ({os.cpu_count()} cores)",
         "threads": torch.get_num_threads(),
@@ -520,6 +574,7 @@ def main(argv: list[str] | None = None) -> None:
         if not args.no_memory:
             result["memory"] = measure_memory(cfg, run, log)
         results["configs"][cfg_name] = result
+        results["meta"]["gemm_decisions"] = peak.gemm_decisions()
         # written after every config, so a long run that is cut short still leaves its tables
         Path(args.out + ".json").write_text(json.dumps(results, indent=1))
         Path(args.out + ".md").write_text(markdown(results))

@@ -64,6 +64,26 @@ def check_rows(out: str) -> list[list[str]]:
     return [[c.strip() for c in line.strip("|").split("|")] for line in out.splitlines() if line.startswith("| ")][1:]
 
 
+def test_info_describes_the_environment_and_the_gemm_paths(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("VIT_TORCH_CPU_GEMM", "default")
+    code, out, _ = run(capsys, "info", "--gemm", "32,64,16")
+    assert code == 0
+    assert f"torch {torch.__version__}" in out and "VIT_TORCH_CPU_GEMM=default" in out
+    rows = [line for line in out.splitlines() if line.startswith("| ") and "->" in line]
+    assert [r.split("|")[1].strip() for r in rows] == ["to_qkv", "to_out", "fc1", "fc2"]
+    assert "32 -> 96" in rows[0] and "64 -> 32" in rows[3]
+    assert all(r.count("default") == 3 for r in rows)  # the override holds for every product
+
+
+def test_info_rejects_a_bad_block_shape(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["info", "--gemm", "32,64"])
+    assert exit_info.value.code == 2
+    assert "expected DIM,MLP,TOKENS (three integers)" in capsys.readouterr().err
+
+
 def test_check_prints_a_table_and_passes(capsys: pytest.CaptureFixture[str]) -> None:
     assert cli.main(["check", "simple_vit"]) == 0
     out = capsys.readouterr().out

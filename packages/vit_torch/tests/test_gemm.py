@@ -63,6 +63,20 @@ def test_forward_and_gradients_match_f_linear(
 
 
 @needs_onednn
+def test_decide_reports_the_path_of_a_shape(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(gemm.ENV, "onednn")
+    assert gemm.decide("forward", 4, 8, 16) == "onednn"
+    monkeypatch.setenv(gemm.ENV, "default")
+    assert gemm.decide("grad_weight", 400, 800, 1600) == "default"
+    monkeypatch.delenv(gemm.ENV)
+    monkeypatch.setattr(gemm, "_benchmark", lambda op, m, k, n: "onednn" if op == "grad_input" else "default")
+    assert [gemm.decide(op, 300, 300, 300) for op in gemm.OPS] == ["default", "onednn", "default"]
+    assert gemm.decisions() == {(op, 300, 300, 300): gemm.decide(op, 300, 300, 300) for op in gemm.OPS}
+    with pytest.raises(ValueError, match="op must be one of forward, grad_input, grad_weight"):
+        gemm.decide("backward", 4, 8, 16)
+
+
+@needs_onednn
 def test_env_override_picks_the_path(monkeypatch: pytest.MonkeyPatch) -> None:
     x, w, b = _leaves(*_operands((5, 12), True))
     monkeypatch.setenv(gemm.ENV, "onednn")

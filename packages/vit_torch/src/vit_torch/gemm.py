@@ -72,6 +72,15 @@ def decisions() -> dict[tuple[str, int, int, int], str]:
     return dict(_DECISIONS)
 
 
+def decide(op: str, m: int, k: int, n: int) -> str:
+    """The path product ``op`` (one of :data:`OPS`) of shape ``(m, k) @ (k, n)`` takes on plain float32 CPU
+    operands under the current mode: ``"onednn"`` or ``"default"`` (``auto`` measures it now if it has not yet)."""
+    if op not in OPS:
+        raise ValueError(f"op must be one of {', '.join(OPS)}, got {op!r}")
+    probe = torch.empty(0)
+    return _path(op, m, k, n, probe) if available() else "default"
+
+
 def clear() -> None:
     """Forget the ``auto`` decisions, the packed weights and the call counts."""
     _DECISIONS.clear()

@@ -1,4 +1,5 @@
-"""The ``vit`` command: list architectures, check parity, convert checkpoints, train, evaluate, predict.
+"""The ``vit`` command: list architectures, describe the environment, check parity, convert checkpoints, train,
+evaluate, predict.
 
 One module per command; this one builds the parser."""
 
@@ -12,6 +13,7 @@ from vit_parity.tools.cli.common import DefaultsFormatter
 from vit_parity.tools.cli.convert import cmd_convert
 from vit_parity.tools.cli.evaluate import cmd_eval
 from vit_parity.tools.cli.import_reference import LIBRARIES, cmd_import
+from vit_parity.tools.cli.info import cmd_info, gemm_shape
 from vit_parity.tools.cli.inspect import cmd_check, cmd_list
 from vit_parity.tools.cli.predict import cmd_predict
 from vit_parity.tools.cli.train import cmd_train
@@ -93,6 +95,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("list", help="every architecture with its torch / flax / parity status")
     p.set_defaults(func=cmd_list)
+
+    p = sub.add_parser("info", help="versions, CPU vector units, threads, devices, vit_torch's GEMM path")
+    p.add_argument(
+        "--gemm", type=gemm_shape, metavar="DIM,MLP,TOKENS", nargs="?", const=(384, 1536, 1576),
+        help="also measure which path each dense product of such a block takes (alone: ViT-S/16, 8 images at 224)",
+    )  # fmt: skip
+    p.set_defaults(func=cmd_info)
 
     p = sub.add_parser("check", help="cross-backend parity of logits and every block's output")
     p.add_argument("arch", nargs="*", help="architectures to check (default: all)")
