@@ -163,8 +163,11 @@ def reference(session: nox.Session) -> None:
     same logits as vit_torch (packages/vit_parity/tests_reference; extra arguments go to pytest).
 
     Not a default session: it needs vit-pytorch, in its own venv pinned by bench/constraints.txt (torch 2.14.1 +
-    torchvision, as the bench session).
+    torchvision, as the bench session). The same venv holds the third-party transformers of the seed's
+    efficient-attention examples (nystrom-attention, x-transformers), which vit_torch's efficient tests then run.
     """
-    session.install(*BENCH_PIN, "torch", "torchvision", "vit-pytorch", "pytest")
+    session.install(*BENCH_PIN, "torch", "torchvision", "vit-pytorch", "nystrom-attention", "x-transformers", "pytest")
     session.install(*BENCH_PIN, "-e", CORE, "-e", TORCH)
     session.run("pytest", "packages/vit_parity/tests_reference", *session.posargs)
+    if not session.posargs:
+        session.run("pytest", "packages/vit_torch/tests/test_efficient.py", "-k", "seed")

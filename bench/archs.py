@@ -62,6 +62,8 @@ class Arch:
     ref_kwargs: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     # NaViT: the batch becomes a list of images, this many to a sequence (0: the model takes the batch array).
     images_per_seq: int = 0
+    # Model arguments built first (the efficient ViT's transformer): registry name and constructor arguments.
+    models: Mapping[str, tuple[str, Mapping[str, Any]]] = dataclasses.field(default_factory=dict)
 
     @property
     def title(self) -> str:
@@ -127,8 +129,23 @@ ARCHS: dict[str, Arch] = {
         # fixes attention dropout at 0.1 (it takes no attention_dropout), so all three keep that default.
         Arch("cct_3d", dict(_CONV_TOKENIZER, img_size=32, num_frames=8, frame_kernel_size=3), (3, 8, 32, 32)),
         Arch("navit", dict(_DIMS, image_size=64, patch_size=8), _IMAGE, images_per_seq=2),
+        # the seed's schedule: every patch in the first block, then half as many in each
+        Arch("ats_vit", dict(_DIMS, image_size=64, patch_size=8, max_tokens_per_depth=(64, 32, 16, 8, 4, 2)), _IMAGE),
+        Arch("vit_with_patch_merger", dict(_DIMS, image_size=64, patch_size=8, patch_merge_num_tokens=8), _IMAGE),
+        Arch("vit_for_small_dataset", dict(_DIMS, image_size=64, patch_size=8), _IMAGE),
+        Arch("parallel_vit", dict(_DIMS, image_size=64, patch_size=8, depth=3), _IMAGE),  # 2 branches: 6 blocks' work
+        Arch("learnable_memory_vit", dict(_DIMS, image_size=64, patch_size=8), _IMAGE),  # the base ViT's call
+        Arch(
+            "efficient",
+            dict(image_size=64, patch_size=8, num_classes=NUM_CLASSES, dim=192),
+            _IMAGE,
+            models={"transformer": ("efficient_transformer", {k: v for k, v in _DIMS.items() if k != "num_classes"})},
+        ),
     )
 }
+
+# The reference's class for a registry model argument (the efficient ViT's transformer).
+REFERENCE_MODELS = {"efficient_transformer": "vit_pytorch.vit:Transformer"}
 
 
 def get(name: str) -> Arch:
@@ -176,15 +193,26 @@ def available(contender: str, arch: Arch) -> str | None:
     return None
 
 
+def _model_class(name: str, contender: str) -> type:
+    from vit_parity.core import spec
+
+    lib = contender.split(".")[0]
+    if lib == "vit-pytorch":
+        return _load(REFERENCE_MODELS[name])
+    return spec.get(name).load_class("torch" if lib == "vit_torch" else "flax")
+
+
 def build_torch(contender: str, arch: Arch) -> Any:
     cls = _load(class_path(contender, arch))
-    return cls(**(arch.reference_kwargs() if contender.startswith("vit-pytorch") else arch.kwargs))
+    models = {k: _model_class(name, contender)(**cfg) for k, (name, cfg) in arch.models.items()}
+    return cls(**(arch.reference_kwargs() if contender.startswith("vit-pytorch") else arch.kwargs), **models)
 
 
 def build_flax(contender: str, arch: Arch) -> Any:
     from flax import nnx
 
-    return _load(class_path(contender, arch))(**arch.kwargs, rngs=nnx.Rngs(0))
+    models = {k: _model_class(name, contender)(**cfg, rngs=nnx.Rngs(1)) for k, (name, cfg) in arch.models.items()}
+    return _load(class_path(contender, arch))(**arch.kwargs, **models, rngs=nnx.Rngs(0))
 
 
 def _groups(arch: Arch) -> list[list[int]]:
@@ -314,6 +342,8 @@ def markdown(results: dict) -> str:
     for result in results["archs"].values():
         cfg = result["config"]
         args = ", ".join(f"{k}={v!r}" for k, v in cfg["kwargs"].items())
+        for key, sub in cfg.get("models", {}).items():  # a model argument: its registry name and arguments
+            args += f", {key}={sub['arch']}(" + ", ".join(f"{k}={v!r}" for k, v in sub["kwargs"].items()) + ")"
         ref = f"; reference {cfg['ref']}" + (f" with {cfg['ref_kwargs']}" if cfg["ref_kwargs"] else "")
         lines.append(f"- {cfg['title']}: `{args}`{ref}")
     if notes:
@@ -337,6 +367,7 @@ def describe(arch: Arch) -> dict:
         "ref": _describe_ref(arch),
         "ref_kwargs": {k: ("<dropped>" if v is DROP else v) for k, v in arch.ref_kwargs.items()},
         "images_per_seq": arch.images_per_seq,
+        "models": {k: {"arch": name, "kwargs": dict(cfg)} for k, (name, cfg) in arch.models.items()},
     }
 
 

@@ -15,7 +15,16 @@ import pytest
 from flax import nnx
 
 import vit_flax
-from vit_flax.distill import TRAINABLE, DistillableT2TViT, DistillableViT, DistillWrapper
+from vit_flax.distill import (
+    TRAINABLE,
+    DistillableEfficientViT,
+    DistillableT2TViT,
+    DistillableViT,
+    DistillWrapper,
+    distillation_loss,
+)
+from vit_flax.efficient import Transformer as EfficientTransformer
+from vit_flax.efficient import ViT as EfficientViT
 from vit_flax.t2t import T2TViT
 from vit_flax.vit import ViT
 
@@ -342,3 +351,83 @@ def test_bad_arguments_are_named() -> None:
         w(jnp.zeros((2, 12, 16, 3)), LABELS)
     with pytest.raises(TypeError):
         s(img, True)  # the flag is keyword-only
+
+
+# --- the efficient-attention student (a ViT around a transformer of one's choice) ----------------------------------
+
+
+class TokenMixer(nnx.Module):
+    """A user-written transformer: not a library one."""
+
+    def __init__(self, dim: int = 16, *, rngs: nnx.Rngs) -> None:
+        self.fc = nnx.Linear(dim, dim, rngs=rngs)
+
+    def __call__(self, x: Array) -> Array:
+        return x + jnp.tanh(self.fc(x)) * x.mean(1, keepdims=True)
+
+
+def efficient_student(pool: str = "cls", transformer: nnx.Module | None = None) -> DistillableEfficientViT:
+    body = transformer if transformer is not None else EfficientTransformer(16, 2, 2, 8, 32, rngs=nnx.Rngs(1))
+    model = DistillableEfficientViT(
+        image_size=16, patch_size=8, num_classes=5, dim=16, transformer=body, pool=pool, rngs=nnx.Rngs(0)
+    )
+    model.eval()
+    return model
+
+
+@pytest.mark.parametrize("pool", ["cls", "mean"])
+def test_the_efficient_student_appends_the_token_to_its_transformer(pool: str) -> None:
+    model, img = efficient_student(pool), images()
+    p = numpy_params(model)
+    x = np.asarray(model.tokens(img), np.float64)  # the shell's own tokens (tested in test_efficient)
+    x = transformer(np.concatenate((x, np.broadcast_to(p["distillation_token"], (2, 1, 16))), axis=1), p, 2, 2)
+    body = x[:, :-1]
+    pooled = body[:, 0] if pool == "cls" else body.mean(1)
+    want_logits = linear(layer_norm(pooled, p, "mlp_head.norm"), p, "mlp_head.fc")  # the head's LayerNorm, Linear
+    logits, distill = model(img, distill=True)
+    np.testing.assert_allclose(logits, want_logits, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(distill, linear(x[:, -1], p, "distill_head"), rtol=1e-5, atol=1e-5)
+    assert not np.allclose(logits, model(img), atol=1e-4)  # the token attends with the others
+
+
+@pytest.mark.parametrize("user", [False, True], ids=["library-transformer", "user-transformer"])
+def test_the_efficient_student_default_call_is_the_plain_model_and_to_vit_copies_it(user: bool) -> None:
+    model, img = efficient_student(transformer=TokenMixer(rngs=nnx.Rngs(2)) if user else None), images()
+    plain = model.to_vit()
+    assert type(plain) is EfficientViT
+    assert plain.transformer is not model.transformer and type(plain.transformer) is type(model.transformer)
+    np.testing.assert_array_equal(model(img), plain(img))
+    assert set(params(model)) - set(params(plain)) == {
+        "distillation_token", "distill_head.kernel", "distill_head.bias",
+    }  # fmt: skip
+    if not user:  # the student's eval mode reaches the copy's dropout
+        assert all(b.attn.out_drop.deterministic for b in plain.transformer.blocks)
+    _, f = model(img, distill=True, return_features=True)
+    assert list(f) == (["pre_logits"] if user else ["block00", "block01", "pre_logits"])
+
+
+def test_the_wrapper_teaches_an_efficient_student() -> None:
+    s, img = efficient_student(), images()
+    w = DistillWrapper(teacher=ViT(**TEACHER, rngs=nnx.Rngs(1)), student=s, temperature=2.0, alpha=0.4)
+    w.train()
+    loss, grads = nnx.jit(nnx.value_and_grad(lambda m: m(img, LABELS)))(w)  # one compiled pass
+    assert loss.shape == () and bool(jnp.isfinite(loss))
+    flat = {".".join(map(str, k)): v[...] for k, v in nnx.to_flat_state(nnx.state(grads, nnx.Param))}
+    student_grads = {k: g for k, g in flat.items() if k.startswith("student.")}
+    assert "student.distillation_token" in student_grads and "student.distill_head.kernel" in student_grads
+    assert all(bool(jnp.any(g != 0)) for g in student_grads.values())
+    assert not any(bool(jnp.any(g)) for k, g in flat.items() if k.startswith("teacher."))
+    w.eval()
+    logits, distill = s(img, distill=True)
+    want = distillation_loss(logits, distill, w.teacher(img), LABELS, temperature=2.0, alpha=0.4, hard=False)
+    np.testing.assert_allclose(w(img, LABELS), want, rtol=1e-6)
+
+
+def test_an_efficient_student_checkpoint_is_complete(tmp_path: Path) -> None:
+    model, img = efficient_student("mean"), images()
+    assert model.config["transformer"]["__model__"] == "efficient_transformer"
+    vit_flax.save(model, tmp_path / "student")
+    again = vit_flax.load(tmp_path / "student")
+    assert isinstance(again, DistillableEfficientViT)
+    for a, b in zip(again(img, distill=True), model(img, distill=True)):
+        np.testing.assert_array_equal(a, b)

@@ -16,6 +16,7 @@ import vit_torch.checkpoint
 import vit_torch.train
 from vit_parity.core import checkpoint as ckpt_io
 from vit_parity.core import spec
+from vit_parity.core.config import MODEL_KEY
 from vit_parity.tools import adapters
 
 TINY = ["--image-size", "8", "--patch-size", "4", "--dim", "16", "--depth", "1", "--heads", "2", "--quiet"]
@@ -31,7 +32,8 @@ def data_args(arch: str) -> list[str]:
 
 @pytest.mark.parametrize("arch", sorted(n for n in spec.REGISTRY if adapters.trains(n) == "yes"))
 def test_the_same_seed_builds_the_same_weights_in_both_backends(arch: str) -> None:
-    config = dict(spec.get(arch).cases[0].config)
+    case = spec.get(arch).cases[0]
+    config = {**case.config, **{k: {MODEL_KEY: name, "config": cfg} for k, (name, cfg) in case.models.items()}}
     t, f = vit_torch.train.build(arch, config, seed=3), vit_flax.train.build(arch, config, seed=3)
     want = vit_torch.checkpoint.state_numpy(t)
     got = vit_flax.checkpoint.to_checkpoint(f).to_layout("torch").tensors
@@ -64,8 +66,18 @@ def test_every_registry_entry_has_an_adapter_or_a_refusal() -> None:
 TRAINABLE = [n for n in sorted(spec.REGISTRY) if isinstance(adapters.ADAPTERS.get(n), adapters.Adapter)]
 
 
-@pytest.mark.parametrize("backend", ["torch", "flax"])
-@pytest.mark.parametrize("arch", TRAINABLE)
+def _family(arch: str) -> tuple:
+    """Architectures whose adapter maps the options and feeds the batches alike train the same way."""
+    entry = adapters.ADAPTERS[arch]
+    return entry.arguments, tuple(sorted((entry.feeds or {}).items()))
+
+
+# every trainable architecture in torch, one of each family in flax (its compilation is the test's cost)
+FAMILIES = {_family(a): a for a in sorted(TRAINABLE, key=lambda a: (len(a), a), reverse=True)}  # the shortest name
+ONE_EPOCH = [(a, "torch") for a in TRAINABLE] + [(a, "flax") for a in sorted(FAMILIES.values())]
+
+
+@pytest.mark.parametrize(("arch", "backend"), ONE_EPOCH)
 def test_one_epoch_of_every_architecture(arch: str, backend: str, tmp_path: Path, capsys) -> None:
     out = tmp_path / "run"
     code, text, err = run(capsys, "train", "--arch", arch, "--backend", backend, *data_args(arch), "--epochs", 1,
@@ -74,7 +86,8 @@ def test_one_epoch_of_every_architecture(arch: str, backend: str, tmp_path: Path
     assert "held-out accuracy" in text
     ckpt = ckpt_io.load(out / "checkpoint")
     assert spec.same_weights(ckpt.arch, arch) and ckpt.layout == backend  # flax: the NaViTs share a class
-    cfg = ckpt.config
+    models = [sub["config"] for sub in ckpt.config.values() if isinstance(sub, dict) and MODEL_KEY in sub]
+    cfg = {k: v for c in [ckpt.config, *models] for k, v in c.items()}  # the efficient ViT's transformer's too
 
     # the size options reach the constructor, under whatever names it has
     def first(*names: str) -> object:

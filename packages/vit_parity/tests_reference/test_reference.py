@@ -32,11 +32,17 @@ pytestmark = pytest.mark.filterwarnings("ignore:The PyTorch API of nested tensor
 # Registry architectures that vit-pytorch has no counterpart of (none so far: every one is from its README).
 REFERENCE_LACKS: frozenset[str] = frozenset()
 
-# Registry architectures checked by tests of their own below: the reference's DistillableT2TViT fails on every
-# call, and the distillation wrapper's check builds a teacher and a student.
+# Registry architectures checked by tests of their own (below, or in test_<module>.py beside this file): the
+# reference's DistillableT2TViT and DistillableEfficientViT fail on every call, the distillation wrapper's check
+# builds a teacher and a student, the efficient ViT and the memory adapter take a model built from the registry.
 CHECKED_APART = {
     "distill_t2t": "test_distill_t2t_fails_in_the_reference",
     "distill_wrapper": "test_distill_wrapper_gives_the_reference_loss",
+    "efficient": "test_efficient.py::test_efficient_gives_the_reference_logits_around_its_transformer",
+    "distill_efficient": "test_efficient.py::test_distill_efficient_fails_in_the_reference",
+    "learnable_memory_vit_adapter": "test_learnable_memory_vit.py::test_adapter_gives_the_reference_logits",
+    # the reference draws its token sampling's noise in eval mode too: the check gives both the same draw
+    "ats_vit": "test_ats_vit.py::test_ats_vit_gives_the_reference_logits_on_the_same_draw",
 }
 
 # Cases whose config the import refuses on purpose (the table's `differences` say why), with a word of the reason.
@@ -47,6 +53,7 @@ REFUSED = {
     ("t2t", "default-splits-mean-rect-smaller-input"): "square image_size",
     ("cait", "layer-dropout-rect-smaller-input"): "square image_size",
     ("cross_vit", "same-width-smaller-input"): "square image_size",
+    ("learnable_memory_vit", "mean-rect-smaller-input"): "pool='mean'",
 }
 
 # Cases whose config imports but whose input the two libraries treat differently: the reason, and the

@@ -11,7 +11,15 @@ import torch
 from torch import Tensor, nn
 
 import vit_torch
-from vit_torch.distill import DistillableT2TViT, DistillableViT, DistillWrapper
+from vit_torch.distill import (
+    DistillableEfficientViT,
+    DistillableT2TViT,
+    DistillableViT,
+    DistillWrapper,
+    distillation_loss,
+)
+from vit_torch.efficient import Transformer as EfficientTransformer
+from vit_torch.efficient import ViT as EfficientViT
 from vit_torch.t2t import T2TViT
 from vit_torch.vit import ViT
 
@@ -370,3 +378,92 @@ def test_bad_arguments_are_named() -> None:
         w(torch.randn(2, 3, 12, 16), torch.tensor([0, 1]))
     with pytest.raises(TypeError):
         s(img, True)  # the flag is keyword-only
+
+
+# --- the efficient-attention student (a ViT around a transformer of one's choice) ----------------------------------
+
+
+class TokenMixer(nn.Module):
+    """A user's transformer: not a library one."""
+
+    def __init__(self, dim: int = 16) -> None:
+        super().__init__()
+        self.fc = nn.Linear(dim, dim)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x + torch.tanh(self.fc(x)) * x.mean(1, keepdim=True)
+
+
+def efficient_student(pool: str = "cls", transformer: nn.Module | None = None) -> DistillableEfficientViT:
+    torch.manual_seed(0)
+    body = transformer if transformer is not None else EfficientTransformer(16, 2, 2, 8, 32)
+    return DistillableEfficientViT(
+        image_size=16, patch_size=8, num_classes=5, dim=16, transformer=body, pool=pool
+    ).eval()
+
+
+@pytest.mark.parametrize("pool", ["cls", "mean"])
+@torch.no_grad()
+def test_the_efficient_student_appends_the_token_to_its_transformer(pool: str) -> None:
+    model, img = efficient_student(pool), images()
+    p = dict(model.named_parameters())
+    x = model.tokens(img)  # the shell's own tokens (tested in test_efficient): class token, patches, positions
+    x = transformer(torch.cat((x, p["distillation_token"].expand(2, -1, -1)), dim=1), p, 2, 2)
+    body = x[:, :-1]
+    pooled = body[:, 0] if pool == "cls" else body.mean(1)
+    want_logits = linear(layer_norm(pooled, p, "mlp_head.norm"), p, "mlp_head.fc")  # the head's LayerNorm, Linear
+    logits, distill = model(img, distill=True)
+    torch.testing.assert_close(logits, want_logits, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(distill, linear(x[:, -1], p, "distill_head"), rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(logits, model(img), atol=1e-4)  # the token attends with the others
+
+
+@pytest.mark.parametrize("user", [False, True], ids=["library-transformer", "user-transformer"])
+@torch.no_grad()
+def test_the_efficient_student_default_call_is_the_plain_model_and_to_vit_copies_it(user: bool) -> None:
+    model, img = efficient_student(transformer=TokenMixer() if user else None), images()
+    plain = model.to_vit()
+    assert type(plain) is EfficientViT and not plain.training
+    assert plain.transformer is not model.transformer and type(plain.transformer) is type(model.transformer)
+    assert torch.equal(model(img), plain(img))
+    assert set(model.state_dict()) - set(plain.state_dict()) == {
+        "distillation_token", "distill_head.weight", "distill_head.bias",
+    }  # fmt: skip
+    logits, distill = model(img, distill=True)
+    assert logits.shape == distill.shape == (2, 5)
+    _, f = model(img, distill=True, return_features=True)
+    assert list(f) == (["pre_logits"] if user else ["block00", "block01", "pre_logits"])
+
+
+def test_the_wrapper_teaches_an_efficient_student() -> None:
+    torch.manual_seed(1)
+    s = efficient_student().train()
+    w = DistillWrapper(teacher=ViT(**TEACHER), student=s, temperature=2.0, alpha=0.4)
+    img, labels = images(), torch.tensor([1, 3])
+    loss = w(img, labels)
+    loss.backward()
+    assert loss.shape == () and torch.isfinite(loss)
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in s.parameters())  # distillation token and head too
+    assert all(p.grad is None for p in w.teacher.parameters())
+    with torch.no_grad():
+        logits, distill = s(img, distill=True)
+        want = distillation_loss(logits, distill, w.teacher(img), labels, temperature=2.0, alpha=0.4, hard=False)
+        torch.testing.assert_close(w(img, labels), want)  # no dropout in this student: the same numbers
+
+
+def test_an_efficient_student_checkpoint_is_complete(tmp_path: Path) -> None:
+    model, img = efficient_student("mean"), images()
+    assert model.config["transformer"]["__model__"] == "efficient_transformer"
+    vit_torch.save(model, tmp_path / "student")
+    again = vit_torch.load(tmp_path / "student")
+    assert isinstance(again, DistillableEfficientViT)
+    with torch.no_grad():
+        for a, b in zip(again(img, distill=True), model(img, distill=True)):
+            assert torch.equal(a, b)
+
+
+def test_an_efficient_student_names_its_bad_arguments() -> None:
+    with pytest.raises(ValueError, match=r"transformer is 32 wide, .* dim=16 wide"):
+        efficient_student(transformer=EfficientTransformer(32, 1, 2, 8, 32))
+    with pytest.raises(ValueError, match=r"pool must be one of \('cls', 'mean'\)"):
+        efficient_student(pool="max")

@@ -195,6 +195,18 @@ def test_compile_falls_back_to_f_linear(monkeypatch: pytest.MonkeyPatch, mode: s
     assert _rel(got, F.linear(x, layer.weight, layer.bias)) < 1e-5 and layer.weight.grad is not None
 
 
+@pytest.mark.parametrize("mode", ["onednn", "auto"])
+def test_compiled_training_through_the_fused_feedforward(monkeypatch: pytest.MonkeyPatch, mode: str) -> None:
+    """The feed-forward's GELU-linear runs its backward through gemm: compiled, it takes the default path."""
+    monkeypatch.setenv(gemm.ENV, mode)
+    torch.manual_seed(0)
+    ff, x = FeedForward(12, 24), torch.randn(2, 5, 12)
+    want = torch.autograd.grad(ff(x).square().sum(), list(ff.parameters()))
+    compiled = torch.compile(ff, backend="aot_eager", fullgraph=True)
+    got = torch.autograd.grad(compiled(x).square().sum(), list(ff.parameters()))
+    assert all(_rel(g, w) < 1e-5 for g, w in zip(got, want))
+
+
 @needs_onednn
 def test_fallbacks_where_onednn_may_not_run(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(gemm.ENV, "onednn")

@@ -14,10 +14,14 @@ Mirrors ``vit_torch.attention_variants``: same classes, arguments and attribute 
   that draw, and passes a ``context`` (and any other keyword, e.g. XCiT's patch ``grid``) to its blocks.
 - :class:`CrossCovarianceAttention`: attention over the feature axis (XCiT's cross-covariance attention,
   El-Nouby et al., 2021): each head's ``(dim_head, dim_head)`` map from L2-normalized queries and keys.
+- :class:`LocalitySelfAttention`: attention with a learned temperature whose tokens do not attend to themselves
+  (locality self-attention of the ViT for small datasets, Lee et al., 2021); :class:`LocalityBlock` is a ``Block``
+  built with it.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -25,6 +29,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from vit_flax.attention import attend
 from vit_flax.layers import Block, Transformer, _linear_part, layer_norm
 from vit_parity.core.features import Features, block_label
 
@@ -342,3 +347,101 @@ class CrossCovarianceAttention(nnx.Module):
         out = self.attn_drop(probs) @ v  # (b, h, d, n)
         out = self.out_drop(self.to_out(out.transpose(0, 3, 1, 2).reshape(b, n, -1)))
         return (out, probs) if return_attn else out
+
+
+def locality_mask(n: int, mask: Array | None = None) -> Array:
+    """Where a query may attend in locality self-attention: to every token but itself (a lone token attends to
+    itself, the only key there is), and only where ``mask`` (broadcastable to ``(b, heads, n, n)``) allows."""
+    eye = jnp.eye(n, dtype=bool)
+    allowed = eye if n == 1 else ~eye
+    return allowed if mask is None else allowed & jnp.asarray(mask, bool)
+
+
+class LocalitySelfAttention(nnx.Module):
+    """Locality self-attention, LSA ("Vision Transformer for Small-Size Datasets", Lee, Lee and Song, 2021).
+
+    Softmax attention with two changes that sharpen its maps: the logits ``q k^T`` are multiplied by a learned
+    ``exp(temperature)`` instead of ``1 / sqrt(dim_head)`` (``temperature`` is a scalar holding the logarithm of the
+    scale, starting at ``log(dim_head ** -0.5)``: the layer starts as plain attention; imported weights keep that
+    meaning), and a token does not attend to itself (the diagonal of the logits is masked; see
+    :func:`locality_mask`). Then the softmax, attention dropout, the values, ``to_out`` and its dropout.
+
+    Plugs into :class:`~vit_flax.layers.Block` as its ``attn`` (:class:`LocalityBlock`): ``__call__(x, mask,
+    return_attn=...)`` on ``(b, n, dim)``, with an optional boolean ``mask`` broadcastable to ``(b, heads, n, n)``,
+    True where a query may attend to a key. ``return_attn=True`` also returns the softmax's maps
+    ``(b, heads, n, n)``, whose diagonal is zero.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        heads: int = 8,
+        dim_head: int = 64,
+        dropout: float = 0.0,
+        *,
+        qkv_bias: bool = False,
+        attn_dropout: float | None = None,
+        dtype: jnp.dtype | None = None,
+        rngs: nnx.Rngs,
+    ) -> None:
+        inner = heads * dim_head
+        self.heads = heads
+        self.dim_head = dim_head
+        self.to_qkv = nnx.Linear(dim, inner * 3, use_bias=qkv_bias, dtype=dtype, rngs=rngs)
+        self.temperature = nnx.Param(jnp.asarray(self.temperature_init, jnp.float32))
+        self.attn_drop = nnx.Dropout(dropout if attn_dropout is None else attn_dropout, rngs=rngs)
+        self.to_out = nnx.Linear(inner, dim, dtype=dtype, rngs=rngs)
+        self.out_drop = nnx.Dropout(dropout, rngs=rngs)
+
+    @property
+    def temperature_init(self) -> float:
+        """Where ``temperature`` starts: ``log(dim_head ** -0.5)``, the logarithm of the usual scale."""
+        return math.log(self.dim_head**-0.5)
+
+    @property
+    def init_rules(self) -> dict[str, tuple]:
+        """For the shared initializer (``vit_parity.core.init``): ``temperature`` starts at :attr:`temperature_init`."""
+        return {"temperature": ("constant", self.temperature_init)}
+
+    def __call__(
+        self, x: Array, mask: Array | None = None, *, return_attn: bool = False
+    ) -> Array | tuple[Array, Array]:
+        b, n, _ = x.shape
+        # (b, n, 3 * h * d) to three (b, h, n, d), in one transpose
+        q, k, v = self.to_qkv(x).reshape(b, n, 3, self.heads, -1).transpose(2, 0, 3, 1, 4)
+        allowed = locality_mask(n, mask)
+        scale = jnp.exp(self.temperature[...])
+        probs = None
+        if return_attn or not (self.attn_drop.deterministic or self.attn_drop.rate == 0.0):
+            logits = jnp.einsum("bhqd,bhkd->bhqk", q, k) * scale.astype(q.dtype)
+            probs = jax.nn.softmax(jnp.where(allowed, logits, jnp.finfo(logits.dtype).min), axis=-1)
+            out = self.attn_drop(probs) @ v
+        else:  # attend scales by 1 / sqrt(dim_head): the learned scale goes into the queries, times sqrt(dim_head)
+            out = attend(q * (scale * math.sqrt(q.shape[-1])).astype(q.dtype), k, v, allowed)
+        out = self.out_drop(self.to_out(out.transpose(0, 2, 1, 3).reshape(b, n, -1)))
+        return (out, probs) if return_attn else out
+
+
+class LocalityBlock(Block):
+    """A :class:`~vit_flax.layers.Block` whose attention is a :class:`LocalitySelfAttention`, so that a
+    :class:`~vit_flax.layers.Transformer` stacks it (``block=LocalityBlock``); every other option (``drop_path``,
+    ``layer_scale``, ``eps`` ...) is the block's."""
+
+    def __init__(
+        self,
+        dim: int,
+        heads: int = 8,
+        dim_head: int = 64,
+        mlp_dim: int | None = None,
+        dropout: float = 0.0,
+        *,
+        qkv_bias: bool = False,
+        attn_dropout: float | None = None,
+        dtype: jnp.dtype | None = None,
+        rngs: nnx.Rngs,
+        **options: Any,
+    ) -> None:
+        attn = LocalitySelfAttention(
+            dim, heads, dim_head, dropout, qkv_bias=qkv_bias, attn_dropout=attn_dropout, dtype=dtype, rngs=rngs
+        )
+        super().__init__(dim, heads, dim_head, mlp_dim, dropout, attn=attn, dtype=dtype, rngs=rngs, **options)

@@ -1,11 +1,11 @@
 """Distillation: "Training data-efficient image transformers & distillation through attention" (Touvron et al., 2020).
 
-A student (:class:`DistillableViT`, :class:`DistillableT2TViT`) is the plain model plus a distillation token and a
-distillation head, both its own, so that a student checkpoint is complete. Its default call is exactly the plain
-model's; ``student(img, distill=True)`` also runs the distillation token (appended after the patches, without a
-position) through the transformer and returns ``(class_logits, distill_logits)``. :class:`DistillWrapper` turns a
-teacher and a student into the training loss; :data:`TRAINABLE` selects what an optimizer may change (everything
-but the teacher).
+A student (:class:`DistillableViT`, :class:`DistillableT2TViT`, :class:`DistillableEfficientViT`) is the plain model
+plus a distillation token and a distillation head, both its own, so that a student checkpoint is complete. Its
+default call is exactly the plain model's; ``student(img, distill=True)`` also runs the distillation token (appended
+after the patches, without a position) through the transformer and returns ``(class_logits, distill_logits)``.
+:class:`DistillWrapper` turns a teacher and a student into the training loss; :data:`TRAINABLE` selects what an
+optimizer may change (everything but the teacher).
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
+from vit_flax.efficient import ViT as EfficientViT
 from vit_flax.layers import default_rngs, layer_norm, with_features
 from vit_flax.t2t import T2TViT
 from vit_flax.vit import ViT
@@ -26,7 +27,14 @@ from vit_parity.core.facts import distill as facts
 from vit_parity.core.facts import t2t
 from vit_parity.core.features import Features
 
-__all__ = ["TRAINABLE", "DistillWrapper", "DistillableT2TViT", "DistillableViT", "distillation_loss"]
+__all__ = [
+    "TRAINABLE",
+    "DistillWrapper",
+    "DistillableEfficientViT",
+    "DistillableT2TViT",
+    "DistillableViT",
+    "distillation_loss",
+]
 
 Array = jax.Array
 
@@ -64,8 +72,16 @@ class DistillMixin:
         token) in ``features``."""
         x = self.tokens(img, features)
         token = jnp.broadcast_to(self.distillation_token[...], (x.shape[0], 1, x.shape[-1])).astype(x.dtype)
-        x = self.encode(self.dropout(jnp.concatenate((x, token), axis=1)), features)
+        x = self.encode(self._embedding_dropout(jnp.concatenate((x, token), axis=1)), features)
         return self.pool_tokens(x[:, :-1]), x[:, -1]
+
+    def _embedding_dropout(self, x: Array) -> Array:
+        """The plain model's dropout on the embedded sequence, between ``tokens`` and ``encode``."""
+        return self.dropout(x)
+
+    def _evaluating(self) -> bool:
+        """Whether the student is in eval mode (its embedding dropout draws nothing)."""
+        return self.dropout.deterministic
 
     def __call__(
         self,
@@ -95,7 +111,7 @@ class DistillMixin:
         model = self.plain(**config, dtype=self.dtype, rngs=default_rngs(rngs))
         keep = nnx.Not(nnx.Any(nnx.RngState, nnx.PathContains(DISTILL_KEYS[0]), nnx.PathContains(DISTILL_KEYS[1])))
         nnx.update(model, nnx.state(self, keep))
-        if self.dropout.deterministic:
+        if self._evaluating():
             model.eval()
         return model
 
@@ -177,6 +193,51 @@ class DistillableT2TViT(DistillMixin, T2TViT):
         self._add_distillation(dim, num_classes, dtype, rngs)
 
 
+@records_config
+class DistillableEfficientViT(DistillMixin, EfficientViT):
+    """A :class:`vit_flax.efficient.ViT` student (a ViT around a transformer of one's choice) for distillation
+    through attention (DeiT, Touvron et al., 2020).
+
+    The same constructor, parameters and default call as ``efficient.ViT``, plus ``distillation_token`` ``(1, 1,
+    dim)`` and ``distill_head``; ``model(img, distill=True)`` runs the distillation token through ``transformer`` with
+    the others and returns ``(class_logits, distill_logits)`` (the class head, LayerNorm and Linear, reads the pooled
+    tokens; the distillation head the distillation token); :meth:`to_vit` returns a plain ``efficient.ViT`` with the
+    same weights and a copy of the transformer. Takes channels-last images.
+    """
+
+    plain = EfficientViT
+
+    def __init__(
+        self,
+        *,
+        image_size: int | tuple[int, int],
+        patch_size: int | tuple[int, int],
+        num_classes: int,
+        dim: int,
+        transformer: nnx.Module,
+        pool: str = "cls",
+        channels: int = 3,
+        dtype: jnp.dtype | None = None,
+        rngs: nnx.Rngs | None = None,
+    ) -> None:
+        rngs = default_rngs(rngs)
+        super().__init__(
+            image_size=image_size, patch_size=patch_size, num_classes=num_classes, dim=dim, transformer=transformer,
+            pool=pool, channels=channels, dtype=dtype, rngs=rngs,
+        )  # fmt: skip
+        self._add_distillation(dim, num_classes, dtype, rngs)
+
+    def _embedding_dropout(self, x: Array) -> Array:
+        return x  # efficient.ViT has no embedding dropout
+
+    def _evaluating(self) -> bool:
+        """In eval mode when every module of it that has a mode (dropout, batch norm) is deterministic."""
+        modes = [getattr(n, "deterministic", None) for _, n in nnx.iter_graph(self)]
+        modes += [getattr(n, "use_running_average", None) for _, n in nnx.iter_graph(self)]
+        known = [m for m in modes if isinstance(m, bool)]
+        return bool(known) and all(known)
+
+
 def distillation_loss(
     logits: Array,
     distill_logits: Array,
@@ -206,7 +267,8 @@ def distillation_loss(
 @records_config
 class DistillWrapper(nnx.Module):
     """Distillation through attention (DeiT, Touvron et al., 2020): ``wrapper(img, labels)`` is the training loss of
-    ``student`` (a :class:`DistillableViT` or :class:`DistillableT2TViT`) taught by ``teacher``.
+    ``student`` (a :class:`DistillableViT`, :class:`DistillableT2TViT` or :class:`DistillableEfficientViT`) taught by
+    ``teacher``.
 
     ``teacher`` is any nnx module or callable mapping channels-last ``img`` to logits over the student's classes.
     Its logits pass through ``jax.lax.stop_gradient``, and it stays in eval mode when the wrapper trains (its
@@ -226,7 +288,7 @@ class DistillWrapper(nnx.Module):
         self,
         *,
         teacher: nnx.Module | Callable[[Array], Array],
-        student: DistillableViT | DistillableT2TViT,
+        student: DistillableViT | DistillableT2TViT | DistillableEfficientViT,
         temperature: float = 1.0,
         alpha: float = 0.5,
         hard: bool = False,
@@ -237,8 +299,8 @@ class DistillWrapper(nnx.Module):
         rngs = default_rngs(rngs)
         if not isinstance(student, DistillMixin):
             raise ValueError(
-                "student must be a DistillableViT or DistillableT2TViT (a model with a distillation token and head), "
-                f"got {type(student).__name__}"
+                "student must be a DistillableViT or DistillableT2TViT or DistillableEfficientViT (a model with a "
+                f"distillation token and head), got {type(student).__name__}"
             )
         if not callable(teacher):
             raise ValueError(f"teacher must be an nnx module or callable mapping images to logits, got {teacher!r}")

@@ -52,7 +52,8 @@ def build(arch: str, config: dict, *, seed: int = 0) -> nnx.Module:
     that a run fails before training rather than at its first save.
     """
     cls = spec.get(arch).load_class("flax")
-    model = cls(**config, rngs=nnx.Rngs(seed))
+    rngs = nnx.Rngs(seed)
+    model = cls(**spec.build_models(config, "flax", rngs=rngs), rngs=rngs)
     to_json(model.config)
     return init_weights(model, seed)
 

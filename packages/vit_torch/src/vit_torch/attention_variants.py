@@ -12,10 +12,14 @@
   those, and passes a ``context`` (and any other keyword, e.g. XCiT's patch ``grid``) to its blocks.
 - :class:`CrossCovarianceAttention`: attention over the feature axis (XCiT's cross-covariance attention,
   El-Nouby et al., 2021): each head's ``(dim_head, dim_head)`` map from L2-normalized queries and keys.
+- :class:`LocalitySelfAttention`: attention with a learned temperature whose tokens do not attend to themselves
+  (locality self-attention of the ViT for small datasets, Lee et al., 2021); :class:`LocalityBlock` is a ``Block``
+  built with it.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -330,3 +334,98 @@ class CrossCovarianceAttention(nn.Module):
     def attn_shape(self, x: Tensor, context: Tensor | None = None) -> tuple[int, int, int, int]:
         """The shape of the maps ``forward(x, return_attn=True)`` returns: ``(b, heads, dim_head, dim_head)``."""
         return (x.shape[0], self.heads, self.dim_head, self.dim_head)
+
+
+def locality_mask(n: int, mask: Tensor | None = None, device: torch.device | None = None) -> Tensor:
+    """Where a query may attend in locality self-attention: to every token but itself (a lone token attends to
+    itself, the only key there is), and only where ``mask`` (broadcastable to ``(b, heads, n, n)``) allows."""
+    allowed = torch.eye(n, dtype=torch.bool, device=device)
+    allowed = allowed if n == 1 else ~allowed
+    return allowed if mask is None else allowed & mask
+
+
+class LocalitySelfAttention(nn.Module):
+    """Locality self-attention, LSA ("Vision Transformer for Small-Size Datasets", Lee, Lee and Song, 2021).
+
+    Softmax attention with two changes that sharpen its maps: the logits ``q k^T`` are multiplied by a learned
+    ``exp(temperature)`` instead of ``1 / sqrt(dim_head)`` (``temperature`` is a scalar holding the logarithm of the
+    scale, starting at ``log(dim_head ** -0.5)``: the layer starts as plain attention; imported weights keep that
+    meaning), and a token does not attend to itself (the diagonal of the logits is masked; see
+    :func:`locality_mask`). Then the softmax, attention dropout, the values, ``to_out`` and its dropout.
+
+    Plugs into :class:`~vit_torch.layers.Block` as its ``attn`` (:class:`LocalityBlock`): ``forward(x, mask,
+    return_attn=...)`` on ``(b, n, dim)``, with an optional boolean ``mask`` broadcastable to ``(b, heads, n, n)``,
+    True where a query may attend to a key. ``return_attn=True`` also returns the softmax's maps
+    ``(b, heads, n, n)``, whose diagonal is zero.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        heads: int = 8,
+        dim_head: int = 64,
+        dropout: float = 0.0,
+        *,
+        qkv_bias: bool = False,
+        attn_dropout: float | None = None,
+    ) -> None:
+        super().__init__()
+        inner = heads * dim_head
+        self.heads = heads
+        self.dim_head = dim_head
+        self.to_qkv = Linear(dim, inner * 3, bias=qkv_bias)
+        self.temperature = nn.Parameter(torch.tensor(self.temperature_init))
+        self.attn_drop = nn.Dropout(dropout if attn_dropout is None else attn_dropout)
+        self.to_out = Linear(inner, dim)
+        self.out_drop = nn.Dropout(dropout)
+
+    @property
+    def temperature_init(self) -> float:
+        """Where ``temperature`` starts: ``log(dim_head ** -0.5)``, the logarithm of the usual scale."""
+        return math.log(self.dim_head**-0.5)
+
+    @property
+    def init_rules(self) -> dict[str, tuple]:
+        """For the shared initializer (``vit_parity.core.init``): ``temperature`` starts at :attr:`temperature_init`."""
+        return {"temperature": ("constant", self.temperature_init)}
+
+    def forward(
+        self, x: Tensor, mask: Tensor | None = None, *, return_attn: bool = False
+    ) -> Tensor | tuple[Tensor, Tensor]:
+        q, k, v = (t.unflatten(-1, (self.heads, -1)).transpose(1, 2) for t in self.to_qkv(x).chunk(3, dim=-1))
+        allowed = locality_mask(x.shape[1], mask, x.device)
+        scale = self.temperature.exp()
+        if return_attn:
+            logits = (q @ k.transpose(-2, -1)) * scale
+            probs = logits.masked_fill(~allowed, torch.finfo(logits.dtype).min).softmax(dim=-1)
+            out = self.attn_drop(probs) @ v
+        else:  # fused: the learned scale goes into the queries
+            p = self.attn_drop.p if self.training else 0.0
+            out = F.scaled_dot_product_attention(q * scale.to(q.dtype), k, v, attn_mask=allowed, dropout_p=p, scale=1.0)
+        out = self.out_drop(self.to_out(out.transpose(1, 2).flatten(-2)))
+        return (out, probs) if return_attn else out
+
+    def attn_shape(self, x: Tensor, context: Tensor | None = None) -> tuple[int, int, int, int]:
+        """The shape of the maps ``forward(x, return_attn=True)`` returns: ``(b, heads, n, n)``."""
+        return (x.shape[0], self.heads, x.shape[1], x.shape[1])
+
+
+class LocalityBlock(Block):
+    """A :class:`~vit_torch.layers.Block` whose attention is a :class:`LocalitySelfAttention`, so that a
+    :class:`~vit_torch.layers.Transformer` stacks it (``block=LocalityBlock``); every other option (``drop_path``,
+    ``layer_scale``, ``eps`` ...) is the block's."""
+
+    def __init__(
+        self,
+        dim: int,
+        heads: int = 8,
+        dim_head: int = 64,
+        mlp_dim: int | None = None,
+        dropout: float = 0.0,
+        *,
+        qkv_bias: bool = False,
+        attn_dropout: float | None = None,
+        **options: Any,
+    ) -> None:
+        attn = LocalitySelfAttention(dim, heads, dim_head, dropout, qkv_bias=qkv_bias, attn_dropout=attn_dropout)
+        super().__init__(dim, heads, dim_head, mlp_dim, dropout, attn=attn, **options)

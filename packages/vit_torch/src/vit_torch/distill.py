@@ -1,10 +1,10 @@
 """Distillation: "Training data-efficient image transformers & distillation through attention" (Touvron et al., 2020).
 
-A student (:class:`DistillableViT`, :class:`DistillableT2TViT`) is the plain model plus a distillation token and a
-distillation head, both its own, so that a student checkpoint is complete. Its default call is exactly the plain
-model's; ``student(img, distill=True)`` also runs the distillation token (appended after the patches, without a
-position) through the transformer and returns ``(class_logits, distill_logits)``. :class:`DistillWrapper` turns a
-teacher and a student into the training loss.
+A student (:class:`DistillableViT`, :class:`DistillableT2TViT`, :class:`DistillableEfficientViT`) is the plain model
+plus a distillation token and a distillation head, both its own, so that a student checkpoint is complete. Its
+default call is exactly the plain model's; ``student(img, distill=True)`` also runs the distillation token (appended
+after the patches, without a position) through the transformer and returns ``(class_logits, distill_logits)``.
+:class:`DistillWrapper` turns a teacher and a student into the training loss.
 """
 
 from __future__ import annotations
@@ -21,11 +21,12 @@ from vit_parity.core.config import records_config
 from vit_parity.core.facts import distill as facts
 from vit_parity.core.facts import t2t
 from vit_parity.core.features import Features
+from vit_torch.efficient import ViT as EfficientViT
 from vit_torch.layers import Linear, with_features
 from vit_torch.t2t import T2TViT
 from vit_torch.vit import ViT
 
-__all__ = ["DistillWrapper", "DistillableT2TViT", "DistillableViT", "distillation_loss"]
+__all__ = ["DistillWrapper", "DistillableEfficientViT", "DistillableT2TViT", "DistillableViT", "distillation_loss"]
 
 # the student's own parameters that its plain model lacks
 DISTILL_KEYS = ("distillation_token", "distill_head")
@@ -56,8 +57,12 @@ class DistillMixin:
         token) in ``features``."""
         x = self.tokens(img, features)
         token = self.distillation_token.expand(x.shape[0], -1, -1).to(x.dtype)
-        x = self.encode(self.dropout(torch.cat((x, token), dim=1)), features)
+        x = self.encode(self._embedding_dropout(torch.cat((x, token), dim=1)), features)
         return self.pool_tokens(x[:, :-1]), x[:, -1]
+
+    def _embedding_dropout(self, x: Tensor) -> Tensor:
+        """The plain model's dropout on the embedded sequence, between ``tokens`` and ``encode``."""
+        return self.dropout(x)
 
     def forward(
         self,
@@ -161,6 +166,41 @@ class DistillableT2TViT(DistillMixin, T2TViT):
         self._add_distillation(dim, num_classes)
 
 
+@records_config
+class DistillableEfficientViT(DistillMixin, EfficientViT):
+    """A :class:`vit_torch.efficient.ViT` student (a ViT around a transformer of one's choice) for distillation
+    through attention (DeiT, Touvron et al., 2020).
+
+    The same constructor, parameters and default call as ``efficient.ViT``, plus ``distillation_token`` ``(1, 1,
+    dim)`` and ``distill_head``; ``model(img, distill=True)`` runs the distillation token through ``transformer`` with
+    the others and returns ``(class_logits, distill_logits)`` (the class head, LayerNorm and Linear, reads the pooled
+    tokens; the distillation head the distillation token); :meth:`to_vit` returns a plain ``efficient.ViT`` with the
+    same weights and a copy of the transformer.
+    """
+
+    plain = EfficientViT
+
+    def __init__(
+        self,
+        *,
+        image_size: int | tuple[int, int],
+        patch_size: int | tuple[int, int],
+        num_classes: int,
+        dim: int,
+        transformer: nn.Module,
+        pool: str = "cls",
+        channels: int = 3,
+    ) -> None:
+        super().__init__(
+            image_size=image_size, patch_size=patch_size, num_classes=num_classes, dim=dim, transformer=transformer,
+            pool=pool, channels=channels,
+        )  # fmt: skip
+        self._add_distillation(dim, num_classes)
+
+    def _embedding_dropout(self, x: Tensor) -> Tensor:
+        return x  # efficient.ViT has no embedding dropout
+
+
 def distillation_loss(
     logits: Tensor,
     distill_logits: Tensor,
@@ -187,7 +227,8 @@ def distillation_loss(
 @records_config
 class DistillWrapper(nn.Module):
     """Distillation through attention (DeiT, Touvron et al., 2020): ``wrapper(img, labels)`` is the training loss of
-    ``student`` (a :class:`DistillableViT` or :class:`DistillableT2TViT`) taught by ``teacher``.
+    ``student`` (a :class:`DistillableViT`, :class:`DistillableT2TViT` or :class:`DistillableEfficientViT`) taught by
+    ``teacher``.
 
     ``teacher`` is any module or callable mapping ``img`` to logits over the student's classes. It runs without
     gradients: its parameters are set to ``requires_grad=False`` (so no optimizer over ``wrapper.parameters()``
@@ -206,7 +247,7 @@ class DistillWrapper(nn.Module):
         self,
         *,
         teacher: nn.Module | Callable[[Tensor], Tensor],
-        student: DistillableViT | DistillableT2TViT,
+        student: DistillableViT | DistillableT2TViT | DistillableEfficientViT,
         temperature: float = 1.0,
         alpha: float = 0.5,
         hard: bool = False,
@@ -215,8 +256,8 @@ class DistillWrapper(nn.Module):
         super().__init__()
         if not isinstance(student, DistillMixin):
             raise ValueError(
-                "student must be a DistillableViT or DistillableT2TViT (a model with a distillation token and head), "
-                f"got {type(student).__name__}"
+                "student must be a DistillableViT or DistillableT2TViT or DistillableEfficientViT (a model with a "
+                f"distillation token and head), got {type(student).__name__}"
             )
         if not callable(teacher):
             raise ValueError(f"teacher must be a module or callable mapping images to logits, got {teacher!r}")

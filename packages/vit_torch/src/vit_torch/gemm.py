@@ -194,11 +194,16 @@ def _packed(weight: Tensor) -> Tensor:
     return packed
 
 
+def _count(op: str, path: str) -> None:
+    if not torch.compiler.is_compiling():  # a compiled graph takes the default path and counts nothing
+        calls[op, path] += 1
+
+
 def forward_mm(x: Tensor, weight: Tensor, bias: Tensor | None = None, *, cache: bool = False) -> Tensor:
     """``x W^T + b`` for ``x`` of shape ``(..., k)``; ``cache`` reuses a packed weight (no weight gradient)."""
     x2 = x.reshape(-1, x.shape[-1])
     path = _path("forward", x2.shape[0], weight.shape[1], weight.shape[0], x, weight, bias)
-    calls["forward", path] += 1
+    _count("forward", path)
     if path == "default":
         return F.linear(x, weight, bias)
     w = _packed(weight) if cache else weight
@@ -209,7 +214,7 @@ def grad_input_mm(grad: Tensor, weight: Tensor) -> Tensor:
     """``grad W`` for ``grad`` of shape ``(..., n)`` and ``W`` of shape ``(n, k)``."""
     g2 = grad.reshape(-1, grad.shape[-1])
     path = _path("grad_input", g2.shape[0], weight.shape[0], weight.shape[1], grad, weight)
-    calls["grad_input", path] += 1
+    _count("grad_input", path)
     if path == "default":
         return grad @ weight
     return _onednn("grad_input", g2.contiguous(), weight).reshape(*grad.shape[:-1], weight.shape[1])
@@ -219,7 +224,7 @@ def grad_weight_mm(grad: Tensor, x: Tensor) -> Tensor:
     """``grad^T x`` over all leading axes: the weight gradient, shape ``(n, k)``."""
     g2, x2 = grad.reshape(-1, grad.shape[-1]), x.reshape(-1, x.shape[-1])
     path = _path("grad_weight", g2.shape[1], g2.shape[0], x2.shape[1], g2, x2)
-    calls["grad_weight", path] += 1
+    _count("grad_weight", path)
     if path == "default":
         return g2.T @ x2
     return _onednn("grad_weight", g2.contiguous(), x2.contiguous())

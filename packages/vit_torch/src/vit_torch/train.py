@@ -45,7 +45,7 @@ def build(arch: str, config: dict, *, seed: int = 0) -> nn.Module:
     cls = spec.get(arch).load_class("torch")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = cls(**config)
+        model = cls(**spec.build_models(config, "torch"))
     to_json(model.config)
     return init_weights(model, seed)
 

@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from vit_parity.core import packing, spec
+from vit_parity.core.config import MODEL_KEY
 from vit_parity.tools.training import constructor_config
 
 __all__ = [
@@ -196,6 +197,24 @@ def _class_attention(o: Options, g: Geometry) -> dict[str, Any]:
     return dict(_image(o, g), cls_depth=2)
 
 
+def _token_sampling(o: Options, g: Geometry) -> dict[str, Any]:
+    """ATS: the first layer reads every patch, each later one at most half of the layer before (the seed's schedule,
+    ``--set max_tokens_per_depth=...`` for another)."""
+    h, w = g.size
+    patches = (h // o.patch_size) * (w // o.patch_size)
+    return dict(_image(o, g), max_tokens_per_depth=tuple(max(1, patches >> i) for i in range(o.depth)))
+
+
+def _pluggable(o: Options, g: Geometry) -> dict[str, Any]:
+    """The efficient ViT's transformer is a model argument: the library's own, of the size options, recorded so that
+    the checkpoint rebuilds it (any other module trains in Python)."""
+    transformer = dict(dim=o.dim, depth=o.depth, heads=o.heads, dim_head=o.head_dim, mlp_dim=o.mlp, dropout=o.dropout)
+    return dict(
+        image_size=g.image_size, patch_size=o.patch_size, num_classes=g.num_classes, dim=o.dim, channels=g.channels,
+        pool=o.pool, transformer={MODEL_KEY: "efficient_transformer", "config": transformer},
+    )  # fmt: skip
+
+
 def _tokens_to_token(o: Options, g: Geometry) -> dict[str, Any]:
     """T2T's soft splits replace the patches: ``--patch-size`` p (a power of two) becomes log2(p) overlapping
     (3, 2) splits, the same overall stride as patches of p; another p is one (p, p) split. ``--set
@@ -287,6 +306,20 @@ ADAPTERS: dict[str, Adapter | Refusal] = {
     "vivit": Adapter(_vivit),
     "cct": Adapter(_cct),
     "cct_3d": Adapter(_cct),
+    "ats_vit": Adapter(_token_sampling),
+    "vit_with_patch_merger": Adapter(_image),
+    "vit_for_small_dataset": Adapter(_image),
+    "parallel_vit": Adapter(_image),
+    "learnable_memory_vit": Adapter(_image),
+    "learnable_memory_vit_adapter": Refusal(
+        "an adapter fine-tunes a trained learnable_memory_vit: train that (`vit train --arch learnable_memory_vit`), "
+        "then build vit_torch.learnable_memory_vit.Adapter (or vit_flax's) on the loaded model in Python"
+    ),
+    "efficient": Adapter(_pluggable),
+    "distill_efficient": Adapter(_pluggable),  # the student alone, as distill
+    "efficient_transformer": Refusal(
+        "it maps tokens to tokens and has no classifier: `vit train --arch efficient` trains it inside a ViT"
+    ),
     "navit": Adapter(_navit, {"torch": lambda c: ImageLists(grouped=True), "flax": _packed}),
     "navit_nested": Adapter(_navit, {"torch": lambda c: ImageLists(grouped=False), "flax": _packed}),
     "navit_nested_3d": Adapter(_navit_3d, {"torch": lambda c: ImageLists(grouped=False), "flax": _packed_3d}),

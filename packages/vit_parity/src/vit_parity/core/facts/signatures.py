@@ -129,6 +129,14 @@ SIGNATURES: dict[str, Signature] = {
     "distill_wrapper": Signature.of(
         teacher=_R, student=_R, temperature=1.0, alpha=0.5, hard=False, mlp_layernorm=False,
     ),
+    "distill_efficient": Signature.of(
+        image_size=_R, patch_size=_R, num_classes=_R, dim=_R, transformer=_R, pool="cls", channels=3,
+    ),
+    "efficient": Signature.of(
+        image_size=_R, patch_size=_R, num_classes=_R, dim=_R, transformer=_R, pool="cls", channels=3,
+    ),
+    # positional, as vit-pytorch's vit.Transformer
+    "efficient_transformer": Signature.of(dict(dim=_R, depth=_R, heads=_R, dim_head=_R, mlp_dim=_R, dropout=0.0)),
     "deepvit": Signature.of(
         image_size=_R, patch_size=_R, num_classes=_R, dim=_R, depth=_R, heads=_R, mlp_dim=_R, pool="cls", channels=3,
         dim_head=64, dropout=0.0, emb_dropout=0.0,
@@ -140,6 +148,27 @@ SIGNATURES: dict[str, Signature] = {
     "xcit": Signature.of(
         image_size=_R, patch_size=_R, num_classes=_R, dim=_R, depth=_R, cls_depth=_R, heads=_R, mlp_dim=_R,
         dim_head=64, dropout=0.0, emb_dropout=0.0, local_patch_kernel_size=3, layer_dropout=0.0, channels=3,
+    ),
+    "vit_for_small_dataset": Signature.of(
+        image_size=_R, patch_size=_R, num_classes=_R, dim=_R, depth=_R, heads=_R, mlp_dim=_R, pool="cls", channels=3,
+        dim_head=64, dropout=0.0, emb_dropout=0.0,
+    ),
+    "vit_with_patch_merger": Signature.of(
+        image_size=_R, patch_size=_R, num_classes=_R, dim=_R, depth=_R, heads=_R, mlp_dim=_R, patch_merge_layer=None,
+        patch_merge_num_tokens=8, channels=3, dim_head=64, dropout=0.0, emb_dropout=0.0,
+    ),
+    "parallel_vit": Signature.of(
+        image_size=_R, patch_size=_R, num_classes=_R, dim=_R, depth=_R, heads=_R, mlp_dim=_R, pool="cls",
+        num_parallel_branches=2, channels=3, dim_head=64, dropout=0.0, emb_dropout=0.0,
+    ),
+    "learnable_memory_vit": Signature.of(
+        image_size=_R, patch_size=_R, num_classes=_R, dim=_R, depth=_R, heads=_R, mlp_dim=_R, pool="cls", channels=3,
+        dim_head=64, dropout=0.0, emb_dropout=0.0,
+    ),
+    "learnable_memory_vit_adapter": Signature.of(vit=_R, num_memories_per_layer=10, num_classes=2),
+    "ats_vit": Signature.of(
+        image_size=_R, patch_size=_R, num_classes=_R, dim=_R, depth=_R, max_tokens_per_depth=_R, heads=_R, mlp_dim=_R,
+        channels=3, dim_head=64, dropout=0.0, emb_dropout=0.0,
     ),
     "navit": _NAVIT,
     # the nested-tensor NaViT of torch shares the packed flax class, and so its arguments

@@ -1,11 +1,12 @@
-"""Spec entries of distillation through attention (DeiT): the two students and the wrapper.
+"""Spec entries of distillation through attention (DeiT): the three students and the wrapper.
 
 The students' default call is the plain model's (the class logits): the distillation token and head are unused
 there, so those cases mark them frozen; their distillation pass is what the wrapper cases run (and the students'
 own tests compare across backends). The wrapper's cases build a registry ViT teacher and a student from their own
 configs, take images and integer labels, give a scalar loss and leave the teacher without gradients: soft
 distillation with the wrapper's LayerNorm on a ViT student with dropout, and hard distillation of a T2T-ViT
-student.
+student. The efficient-attention student's transformer is built from the registry (this library's, as the
+``efficient`` entry's).
 """
 
 from __future__ import annotations
@@ -46,6 +47,27 @@ register(
         flax="vit_flax.distill:DistillableT2TViT",
         paper=PAPER,
         cases=(Case("even-splits", _T2T, (_IMG,), ("b", 10), frozen=_DISTILL_ONLY),),
+    )
+)
+
+register(
+    ArchSpec(
+        name="distill_efficient",
+        torch="vit_torch.distill:DistillableEfficientViT",
+        flax="vit_flax.distill:DistillableEfficientViT",
+        paper=PAPER,
+        cases=(
+            Case(
+                "cls",
+                dict(image_size=16, patch_size=8, num_classes=10, dim=32),
+                (_IMG,),
+                ("b", 10),
+                models={
+                    "transformer": ("efficient_transformer", dict(dim=32, depth=1, heads=2, dim_head=16, mlp_dim=64))
+                },
+                frozen=_DISTILL_ONLY,
+            ),
+        ),
     )
 )
 

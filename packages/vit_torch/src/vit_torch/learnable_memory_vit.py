@@ -1,0 +1,198 @@
+"""Learnable memory: "Fine-tuning Image Transformers using Learnable Memory" (Sandler et al., 2022).
+
+:class:`ViT` is a ViT whose blocks can read extra key/value tokens; :class:`Adapter` fine-tunes a frozen one for a
+new task with a task class token, memory tokens for every block and a head of its own. Several adapters share one
+base: the base's parameters are frozen and an adapter changes none of its outputs.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from functools import partial
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from vit_parity.core.config import records_config
+from vit_parity.core.facts import learnable_memory_vit as facts
+from vit_parity.core.features import Features, block_label
+from vit_parity.core.validate import check_choice, check_input, image_geometry
+from vit_torch.cross_vit import Head
+from vit_torch.layers import Attention, Block, PatchEmbed, Transformer, crop_grid, run_block, with_features
+
+__all__ = ["Adapter", "ViT"]
+
+IMAGE_AXES = ("height", "width")
+
+
+class MemoryAttention(Attention):
+    """:class:`~vit_torch.layers.Attention` whose ``context`` is memory (learnable memory, Sandler et al., 2022):
+    ``forward(x, mask, context=m)`` lets the queries of ``x`` attend to the keys and values of ``[x, m]``, ``x``'s own
+    followed by the memory tokens ``m`` ``(b, n_m, dim)``, read as given (the block normalizes only ``x``). Without
+    ``context`` it is self-attention."""
+
+    def forward(
+        self, x: Tensor, mask: Tensor | None = None, *, context: Tensor | None = None, return_attn: bool = False
+    ) -> Tensor | tuple[Tensor, Tensor]:
+        if context is not None:
+            context = torch.cat((x, context.to(x.dtype)), dim=1)
+        return super().forward(x, mask, context=context, return_attn=return_attn)
+
+
+class MemoryBlock(Block):
+    """A :class:`~vit_torch.layers.Block` whose attention is a :class:`MemoryAttention` (Sandler et al., 2022):
+    ``block(x, mask, context=m)`` appends the memory tokens ``m`` to the keys and values."""
+
+    def __init__(
+        self,
+        dim: int,
+        heads: int = 8,
+        dim_head: int = 64,
+        mlp_dim: int | None = None,
+        dropout: float = 0.0,
+        *,
+        eps: float = 1e-5,
+        **options: Any,
+    ) -> None:
+        attn = MemoryAttention(dim, heads, dim_head, dropout, eps=eps)
+        super().__init__(dim, heads, dim_head, mlp_dim, dropout, eps=eps, attn=attn, **options)
+
+
+@records_config
+class ViT(nn.Module):
+    """The Vision Transformer of learnable memory (Sandler et al., 2022): a class token, learned positions, a
+    pre-norm transformer without a final norm, and a head that normalizes the pooled token and classifies it
+    (``mlp_head``: LayerNorm, Linear).
+
+    ``model(img)`` is the plain ViT: ``img`` of shape ``(b, channels, h, w)`` with ``h, w`` at most ``image_size``
+    and divisible by ``patch_size`` (smaller images use the top-left part of the position grid).
+    :meth:`memory_forward` is what an :class:`Adapter` runs: a task class token and per-block memory tokens.
+    """
+
+    def __init__(
+        self,
+        *,
+        image_size: int | tuple[int, int],
+        patch_size: int | tuple[int, int],
+        num_classes: int,
+        dim: int,
+        depth: int,
+        heads: int,
+        mlp_dim: int,
+        pool: str = "cls",
+        channels: int = 3,
+        dim_head: int = 64,
+        dropout: float = 0.0,
+        emb_dropout: float = 0.0,
+    ) -> None:
+        super().__init__()
+        self.size, self.patch_size = image_geometry(image_size, patch_size)
+        check_choice(pool, ("cls", "mean"), "pool")
+        self.pool, self.channels, self.dim, self.depth = pool, channels, dim, depth
+        self.grid = tuple(s // p for s, p in zip(self.size, self.patch_size))
+
+        self.to_patch_embedding = PatchEmbed(self.patch_size, channels, dim)
+        self.pos_embedding = nn.Parameter(torch.randn(1, math.prod(self.grid) + 1, dim))
+        self.cls_token = nn.Parameter(torch.randn(1, 1, dim))
+        self.dropout = nn.Dropout(emb_dropout)
+        self.transformer = Transformer(
+            dim, depth, heads, dim_head, mlp_dim, dropout, final_norm=False, block=MemoryBlock
+        )  # fmt: skip
+        self.mlp_head = Head(dim, num_classes)
+
+    def tokens(self, img: Tensor) -> Tensor:
+        """Check ``img``, embed its patches, add the positions and prepend the class token: ``(b, 1 + n, dim)``,
+        after the embedding dropout."""
+        check_input(
+            img.shape, name="img", channels_last=False, channels=self.channels,
+            max_size=self.size, patch=self.patch_size, axis_names=IMAGE_AXES,
+        )  # fmt: skip
+        x, grid = self.to_patch_embedding(img)
+        x = x + crop_grid(self.pos_embedding[:, 1:], self.grid, grid)
+        cls = (self.cls_token + self.pos_embedding[:, :1]).expand(x.shape[0], -1, -1)
+        return self.dropout(torch.cat((cls, x), dim=1))
+
+    def encode(
+        self,
+        x: Tensor,
+        features: Features | None = None,
+        *,
+        memories: Tensor | None = None,
+        mask: Tensor | None = None,
+    ) -> Tensor:
+        """The blocks on a token sequence ``(b, n, dim)``, recording them in ``features``; with ``memories``
+        ``(depth, m, dim)`` block ``i`` also reads ``memories[i]`` as keys and values (after its own tokens).
+        ``mask`` (boolean, True where a query may attend) covers those keys too."""
+        if memories is None:
+            return self.transformer(x, mask, features=features)
+        for i, block in enumerate(self.transformer.blocks):
+            layer = partial(block, context=memories[i].expand(x.shape[0], -1, -1))
+            x = run_block(layer, x, mask, features, block_label(i))
+        return x
+
+    def memory_forward(
+        self, img: Tensor, class_token: Tensor, memories: Tensor, features: Features | None = None
+    ) -> Tensor:
+        """The output ``(b, dim)`` of a task class token ``class_token`` ``(dim,)`` put before this ViT's tokens,
+        when every block ``i`` also reads the memory tokens ``memories[i]`` (``memories``: ``(depth, m, dim)``).
+
+        The task token attends to everything (itself, the ViT's tokens, the memories); the ViT's tokens attend only
+        to each other (:func:`vit_parity.core.facts.learnable_memory_vit.memory_mask`), so they compute exactly what
+        they compute in ``model(img)``. Records the blocks (task token first) in ``features``."""
+        facts.check_memories(class_token.shape, memories.shape, depth=self.depth, dim=self.dim)
+        x = self.tokens(img)
+        task = class_token.to(x.dtype).expand(x.shape[0], 1, -1)
+        mask = torch.tensor(facts.memory_mask(x.shape[1], memories.shape[1]), device=x.device)
+        return self.encode(torch.cat((task, x), dim=1), features, memories=memories.to(x.dtype), mask=mask)[:, 0]
+
+    def pool_tokens(self, x: Tensor) -> Tensor:
+        """What the head reads: the class token (``pool='cls'``) or the mean of every token."""
+        return x[:, 0] if self.pool == "cls" else x.mean(dim=1)
+
+    def forward(
+        self, img: Tensor, *, return_features: bool | Sequence[str | int] = False, return_attn: bool = False
+    ) -> Tensor | tuple[Tensor, dict[str, Tensor]]:
+        features = Features.request(return_features, return_attn)
+        x = self.pool_tokens(self.encode(self.tokens(img), features))
+        if features is not None:
+            features.add("pre_logits", x)
+        return with_features(self.mlp_head(x), features)
+
+
+@records_config
+class Adapter(nn.Module):
+    """A task adapter of a frozen learnable-memory :class:`ViT` (Sandler et al., 2022).
+
+    It owns a task class token ``memory_cls_token`` ``(dim,)``, ``num_memories_per_layer`` memory tokens for every
+    block (``memories_per_layer``: ``(depth, num_memories_per_layer, dim)``) and a head ``mlp_head`` (LayerNorm,
+    Linear to ``num_classes``). ``adapter(img)`` runs the ViT with them (:meth:`ViT.memory_forward`) and classifies
+    the task token's output.
+
+    The ViT (``vit``, the very module given) is frozen: its parameters are set to ``requires_grad=False``, so no
+    optimizer over ``adapter.parameters()`` changes them; it follows the adapter's train or eval mode (its dropout
+    runs when the adapter trains). Its tokens never see the task token or the memories, so ``vit(img)`` and every
+    other adapter on it give what they give alone. A checkpoint holds the ViT under ``vit.``.
+    """
+
+    def __init__(self, *, vit: ViT, num_memories_per_layer: int = 10, num_classes: int = 2) -> None:
+        super().__init__()
+        if not isinstance(vit, ViT):
+            raise ValueError(f"vit must be a vit_torch.learnable_memory_vit.ViT, got {type(vit).__name__}")
+        facts.check_num_memories(num_memories_per_layer)
+        self.vit = vit
+        vit.requires_grad_(False)
+        self.memory_cls_token = nn.Parameter(torch.randn(vit.dim))
+        self.memories_per_layer = nn.Parameter(torch.randn(vit.depth, num_memories_per_layer, vit.dim))
+        self.mlp_head = Head(vit.dim, num_classes)
+
+    def forward(
+        self, img: Tensor, *, return_features: bool | Sequence[str | int] = False, return_attn: bool = False
+    ) -> Tensor | tuple[Tensor, dict[str, Tensor]]:
+        facts.check_base(self.vit.dim, self.vit.depth, self.memories_per_layer.shape)
+        features = Features.request(return_features, return_attn)
+        x = self.vit.memory_forward(img, self.memory_cls_token, self.memories_per_layer, features)
+        if features is not None:
+            features.add("pre_logits", x)
+        return with_features(self.mlp_head(x), features)

@@ -1,0 +1,125 @@
+"""ViT for small datasets: "Vision Transformer for Small-Size Datasets" (Lee, Lee and Song, 2021).
+
+Two changes to the ViT: shifted patch tokenization (:class:`SPT`, usable alone) and locality self-attention
+(:class:`LSA`, the shared :class:`~vit_torch.attention_variants.LocalitySelfAttention`). Both are importable from
+here under the seed's names; ``__all__`` lists the registry model only.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from vit_parity.core.config import records_config
+from vit_parity.core.facts import vit_for_small_dataset as facts
+from vit_parity.core.features import Features
+from vit_parity.core.validate import as_tuple, check_input, image_geometry
+from vit_torch.attention_variants import LocalityBlock, LocalitySelfAttention
+from vit_torch.layers import Linear, Transformer, crop_grid, grid_of, patchify, with_features
+
+__all__ = ["ViT"]
+
+IMAGE_AXES = ("height", "width")
+LSA = LocalitySelfAttention
+
+
+def shifted_copies(img: Tensor) -> Tensor:
+    """``(b, c, h, w)`` to ``(b, 5 * c, h, w)``: the image, then its copies moved by one pixel right, left, down and
+    up (:data:`~vit_parity.core.facts.vit_for_small_dataset.SHIFTS`), zeros where a copy uncovers the border."""
+    h, w = img.shape[-2:]
+    padded = F.pad(img, (1, 1, 1, 1))
+    copies = [padded[..., 1 - dy : 1 - dy + h, 1 - dx : 1 - dx + w] for dy, dx in facts.SHIFTS]
+    return torch.cat((img, *copies), dim=1)
+
+
+class SPT(nn.Module):
+    """Shifted patch tokenization (Lee, Lee and Song, 2021): the image and four shifted copies of it
+    (:func:`shifted_copies`) are concatenated on the channels, cut into patches (each flattened as
+    ``(ph, pw, 5 * channels)``), normalized (``norm``) and projected to ``dim`` (``proj``).
+
+    ``forward(img)`` takes ``(b, channels, h, w)`` with ``h, w`` divisible by ``patch_size`` and returns the tokens
+    ``(b, h / ph * w / pw, dim)``.
+    """
+
+    def __init__(self, dim: int, patch_size: int | tuple[int, int], channels: int = 3, *, eps: float = 1e-5) -> None:
+        super().__init__()
+        self.patch_size = as_tuple(patch_size, 2, "patch_size")
+        self.channels = channels
+        patch_dim = 5 * channels * math.prod(self.patch_size)
+        self.norm = nn.LayerNorm(patch_dim, eps=eps)
+        self.proj = Linear(patch_dim, dim)
+
+    def forward(self, img: Tensor) -> Tensor:
+        check_input(
+            img.shape, name="img", channels_last=False, channels=self.channels,
+            max_size=(sys.maxsize,) * 2, patch=self.patch_size, axis_names=IMAGE_AXES,
+        )  # fmt: skip
+        return self.proj(self.norm(patchify(shifted_copies(img), self.patch_size)))
+
+
+@records_config
+class ViT(nn.Module):
+    """ViT for small datasets (Lee, Lee and Song, 2021): shifted patch tokenization (``to_patch_embedding``, an
+    :class:`SPT`), a class token, learned positions, blocks of locality self-attention
+    (:class:`~vit_torch.attention_variants.LocalityBlock`), and a head that normalizes the pooled token (``norm``)
+    and classifies it.
+
+    Takes ``img`` of shape ``(b, channels, h, w)`` with ``h, w`` at most ``image_size`` and divisible by
+    ``patch_size``; smaller images use the top-left part of the position grid.
+    """
+
+    def __init__(
+        self,
+        *,
+        image_size: int | tuple[int, int],
+        patch_size: int | tuple[int, int],
+        num_classes: int,
+        dim: int,
+        depth: int,
+        heads: int,
+        mlp_dim: int,
+        pool: str = "cls",
+        channels: int = 3,
+        dim_head: int = 64,
+        dropout: float = 0.0,
+        emb_dropout: float = 0.0,
+    ) -> None:
+        super().__init__()
+        self.size, self.patch_size = image_geometry(image_size, patch_size)
+        facts.check_arguments(pool=pool)
+        self.pool = pool
+        self.channels = channels
+        self.grid = grid_of(self.size, self.patch_size)
+
+        self.to_patch_embedding = SPT(dim, self.patch_size, channels)
+        self.pos_embedding = nn.Parameter(torch.randn(1, math.prod(self.grid) + 1, dim))
+        self.cls_token = nn.Parameter(torch.randn(1, 1, dim))
+        self.dropout = nn.Dropout(emb_dropout)
+        self.transformer = Transformer(
+            dim, depth, heads, dim_head, mlp_dim, dropout, final_norm=False, block=LocalityBlock
+        )
+        self.norm = nn.LayerNorm(dim)
+        self.mlp_head = Linear(dim, num_classes)
+
+    def forward(
+        self, img: Tensor, *, return_features: bool | Sequence[str | int] = False, return_attn: bool = False
+    ) -> Tensor | tuple[Tensor, dict[str, Tensor]]:
+        features = Features.request(return_features, return_attn)
+        check_input(
+            img.shape, name="img", channels_last=False, channels=self.channels,
+            max_size=self.size, patch=self.patch_size, axis_names=IMAGE_AXES,
+        )  # fmt: skip
+        x = self.to_patch_embedding(img)
+        x = x + crop_grid(self.pos_embedding[:, 1:], self.grid, grid_of(img.shape[2:], self.patch_size))
+        cls = (self.cls_token + self.pos_embedding[:, :1]).expand(x.shape[0], -1, -1)
+        x = self.dropout(torch.cat((cls, x), dim=1))
+        x = self.transformer(x, features=features)
+        x = self.norm(x[:, 0] if self.pool == "cls" else x.mean(dim=1))  # as the reference: pool, then normalize
+        if features is not None:
+            features.add("pre_logits", x)
+        return with_features(self.mlp_head(x), features)
