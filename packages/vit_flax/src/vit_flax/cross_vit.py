@@ -10,7 +10,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from vit_flax.cross_attention import CrossAttention
-from vit_flax.layers import PatchEmbed, Transformer, crop_grid, default_rngs, layer_norm, with_features
+from vit_flax.layers import Head, PatchEmbed, Transformer, crop_grid, default_rngs, with_features
 from vit_parity.core.config import records_config
 from vit_parity.core.facts import cross_vit as facts
 from vit_parity.core.features import Features, block_label
@@ -113,17 +113,6 @@ class MultiScaleEncoder(nnx.Module):
         for i, layer in enumerate(self.layers):
             sm, lg = layer(sm, lg, features=features, prefix=f"enc{i}/")
         return sm, lg
-
-
-class Head(nnx.Module):
-    """A branch's classifier: LayerNorm, then Linear."""
-
-    def __init__(self, dim: int, num_classes: int, *, dtype: jnp.dtype | None, rngs: nnx.Rngs) -> None:
-        self.norm = layer_norm(dim, 1e-5, rngs, dtype)
-        self.fc = nnx.Linear(dim, num_classes, dtype=dtype, rngs=rngs)
-
-    def __call__(self, x: Array) -> Array:
-        return self.fc(self.norm(x))
 
 
 @records_config

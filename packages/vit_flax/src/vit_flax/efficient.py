@@ -5,16 +5,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Any
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
 from vit_flax import layers
-from vit_flax.cross_vit import Head
-from vit_flax.layers import PatchEmbed, crop_grid, default_rngs, with_features
-from vit_flax.t2t import UserModule
+from vit_flax.layers import Head, PatchEmbed, RecordsUserModules, crop_grid, default_rngs, with_features
 from vit_flax.vit import IMAGE_AXES
 from vit_parity.core.config import records_config
 from vit_parity.core.facts import efficient as facts
@@ -87,7 +84,7 @@ def transformer_width(transformer: nnx.Module) -> int | None:
 
 
 @records_config
-class ViT(nnx.Module):
+class ViT(RecordsUserModules, nnx.Module):
     """The Vision Transformer (Dosovitskiy et al., 2020) around a transformer of one's choice: patches, a class
     token, learned positions, ``transformer`` and a head (LayerNorm, Linear).
 
@@ -128,11 +125,6 @@ class ViT(nnx.Module):
         self.cls_token = nnx.Param(jax.random.normal(rngs.params(), (1, 1, dim)))
         self.transformer = transformer
         self.mlp_head = Head(dim, num_classes, dtype=dtype, rngs=rngs)
-
-    def __setattr__(self, name: str, value: Any) -> None:
-        if name == "config":  # the recorded constructor arguments: a user's module becomes a static stand-in
-            value = {k: UserModule(v) if isinstance(v, nnx.Module) else v for k, v in value.items()}
-        super().__setattr__(name, value)
 
     def tokens(self, img: Array, features: Features | None = None) -> Array:
         """Check ``img``, embed its patches, add the positions and prepend the class token: ``(b, 1 + n, dim)``.

@@ -421,3 +421,42 @@ def default_rngs(rngs: nnx.Rngs | None) -> nnx.Rngs:
 def with_features(logits: Array, features: Features | None) -> Array | tuple[Array, dict[str, Any]]:
     """What a model returns: its logits, or ``(logits, features)`` when features were asked for."""
     return logits if features is None else (logits, features.result())
+
+
+class Head(nnx.Module):
+    """A classifier that normalizes what it reads: LayerNorm (``norm``), then Linear (``fc``)."""
+
+    def __init__(self, dim: int, num_classes: int, *, dtype: jnp.dtype | None, rngs: nnx.Rngs) -> None:
+        self.norm = layer_norm(dim, 1e-5, rngs, dtype)
+        self.fc = nnx.Linear(dim, num_classes, dtype=dtype, rngs=rngs)
+
+    def __call__(self, x: Array) -> Array:
+        return self.fc(self.norm(x))
+
+
+class UserModule:
+    """Stands for a module argument that is no registry model (a user's ``transformer=``) in the recorded
+    ``config``: nnx keeps no module in a static attribute, and no checkpoint can rebuild one (saving raises naming
+    the argument, as torch's does)."""
+
+    def __init__(self, module: nnx.Module) -> None:
+        self.type = f"{type(module).__module__}.{type(module).__qualname__}"
+
+    def __repr__(self) -> str:
+        return f"<{self.type} module>"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, UserModule) and other.type == self.type
+
+    def __hash__(self) -> int:
+        return hash(self.type)
+
+
+class RecordsUserModules:
+    """Mixin of a model that takes a module argument (a user's ``transformer=``): its recorded ``config`` holds a
+    :class:`UserModule` stand-in for a module that is no registry model."""
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name == "config":
+            value = {k: UserModule(v) if isinstance(v, nnx.Module) else v for k, v in value.items()}
+        super().__setattr__(name, value)

@@ -17,8 +17,17 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from vit_flax.cross_vit import Head
-from vit_flax.layers import Attention, Block, PatchEmbed, Transformer, crop_grid, default_rngs, run_block, with_features
+from vit_flax.layers import (
+    Attention,
+    Block,
+    Head,
+    PatchEmbed,
+    Transformer,
+    crop_grid,
+    default_rngs,
+    run_block,
+    with_features,
+)
 from vit_parity.core.config import records_config
 from vit_parity.core.facts import learnable_memory_vit as facts
 from vit_parity.core.features import Features, block_label

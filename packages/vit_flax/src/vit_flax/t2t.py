@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Any
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from vit_flax.layers import Transformer, crop_grid, default_rngs, with_features
+from vit_flax.layers import RecordsUserModules, Transformer, crop_grid, default_rngs, with_features
 from vit_flax.unfold import unfold
 from vit_flax.vit import IMAGE_AXES
 from vit_parity.core.config import records_config
@@ -61,26 +60,8 @@ class TokensToToken(nnx.Module):
         return self.proj(x), grid
 
 
-class UserModule:
-    """Stands for a module argument that is no registry model (a user's ``transformer=``) in the recorded
-    ``config``: nnx keeps no module in a static attribute, and no checkpoint can rebuild one (saving raises naming
-    the argument, as torch's does)."""
-
-    def __init__(self, module: nnx.Module) -> None:
-        self.type = f"{type(module).__module__}.{type(module).__qualname__}"
-
-    def __repr__(self) -> str:
-        return f"<{self.type} module>"
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, UserModule) and other.type == self.type
-
-    def __hash__(self) -> int:
-        return hash(self.type)
-
-
 @records_config
-class T2TViT(nnx.Module):
+class T2TViT(RecordsUserModules, nnx.Module):
     """Tokens-to-Token ViT (Yuan et al., 2021): overlapping soft splits that shrink the token grid step by step
     (:class:`TokensToToken`), then a class token, learned positions, a transformer and a linear head.
 
@@ -132,11 +113,6 @@ class T2TViT(nnx.Module):
             transformer = Transformer(dim, depth, heads, dim_head, mlp_dim, dropout, dtype=dtype, rngs=rngs)
         self.transformer = transformer
         self.mlp_head = nnx.Linear(dim, num_classes, dtype=dtype, rngs=rngs)
-
-    def __setattr__(self, name: str, value: Any) -> None:
-        if name == "config":  # the recorded constructor arguments: a user's module becomes a static stand-in
-            value = {k: UserModule(v) if isinstance(v, nnx.Module) else v for k, v in value.items()}
-        super().__setattr__(name, value)
 
     def positions(self, grid: tuple[int, int]) -> Array:
         """The positional embeddings ``(1, 1 + prod(grid), dim)`` of the class token and a token ``grid``."""

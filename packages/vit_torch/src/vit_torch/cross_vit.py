@@ -12,7 +12,7 @@ from vit_parity.core.config import records_config
 from vit_parity.core.facts import cross_vit as facts
 from vit_parity.core.features import Features, block_label
 from vit_torch.cross_attention import CrossAttention
-from vit_torch.layers import Linear, PatchEmbed, Transformer, crop_grid, with_features
+from vit_torch.layers import Head, PatchEmbed, Transformer, crop_grid, with_features
 
 __all__ = ["CrossViT"]
 
@@ -102,18 +102,6 @@ class MultiScaleEncoder(nn.Module):
         for i, layer in enumerate(self.layers):
             sm, lg = layer(sm, lg, features=features, prefix=f"enc{i}/")
         return sm, lg
-
-
-class Head(nn.Module):
-    """A branch's classifier: LayerNorm, then Linear."""
-
-    def __init__(self, dim: int, num_classes: int) -> None:
-        super().__init__()
-        self.norm = nn.LayerNorm(dim)
-        self.fc = Linear(dim, num_classes)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.fc(self.norm(x))
 
 
 @records_config

@@ -14,8 +14,7 @@ from vit_parity.core.facts import efficient as facts
 from vit_parity.core.features import Features
 from vit_parity.core.validate import check_input, image_geometry
 from vit_torch import layers
-from vit_torch.cross_vit import Head
-from vit_torch.layers import PatchEmbed, crop_grid, with_features
+from vit_torch.layers import Head, PatchEmbed, crop_grid, with_features
 from vit_torch.vit import IMAGE_AXES
 
 __all__ = ["Transformer", "ViT"]

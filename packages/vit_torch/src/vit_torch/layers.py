@@ -382,3 +382,15 @@ def sincos_posemb(grid: tuple[int, ...], dim: int, temperature: float = 10000.0)
 def with_features(logits: Tensor, features: Features | None) -> Tensor | tuple[Tensor, dict[str, Any]]:
     """What a model returns: its logits, or ``(logits, features)`` when features were asked for."""
     return logits if features is None else (logits, features.result())
+
+
+class Head(nn.Module):
+    """A classifier that normalizes what it reads: LayerNorm (``norm``), then Linear (``fc``)."""
+
+    def __init__(self, dim: int, num_classes: int) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(dim)
+        self.fc = Linear(dim, num_classes)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.fc(self.norm(x))

@@ -19,8 +19,7 @@ from vit_parity.core.config import records_config
 from vit_parity.core.facts import learnable_memory_vit as facts
 from vit_parity.core.features import Features, block_label
 from vit_parity.core.validate import check_choice, check_input, image_geometry
-from vit_torch.cross_vit import Head
-from vit_torch.layers import Attention, Block, PatchEmbed, Transformer, crop_grid, run_block, with_features
+from vit_torch.layers import Attention, Block, Head, PatchEmbed, Transformer, crop_grid, run_block, with_features
 
 __all__ = ["Adapter", "ViT"]
 
