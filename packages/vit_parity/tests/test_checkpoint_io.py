@@ -29,6 +29,23 @@ def names(folder: Path) -> list[str]:
     return sorted(p.name for p in folder.iterdir())
 
 
+@pytest.mark.parametrize("umask", [0o022, 0o077])
+def test_saved_files_and_folder_follow_the_umask(tmp_path: Path, umask: int) -> None:
+    """Atomic writes go through private temporaries (0600 / 0700); what lands has a plain file's permissions."""
+    old = os.umask(umask)
+    try:
+        path = io.save(ckpt(1.0), tmp_path / "ckpt")
+        io.save(ckpt(2.0), path)  # replacing one too
+    finally:
+        os.umask(old)
+    assert value_of(path) == 2.0
+    assert path.stat().st_mode & 0o777 == 0o777 & ~umask
+    assert {f.name: f.stat().st_mode & 0o777 for f in path.iterdir()} == {
+        io.WEIGHTS: 0o666 & ~umask,
+        io.CONFIG: 0o666 & ~umask,
+    }
+
+
 @pytest.mark.parametrize("error", [OSError("rename failed"), KeyboardInterrupt()])
 def test_failed_rename_into_place_restores_the_previous_checkpoint(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, error: BaseException

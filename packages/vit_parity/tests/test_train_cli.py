@@ -4,6 +4,7 @@ the two backends' ``train`` modules agree on the initial weights and on what wei
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -192,7 +193,15 @@ def test_an_existing_run_is_kept_unless_resumed_or_overwritten(
     assert sorted(p.name for p in out.iterdir()) == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["empty", "run"]  # no staging folder left
 
-    assert run(capsys, *argv, "--overwrite", "--seed", 1)[0] == 0
+    old_umask = os.umask(0o022)
+    try:
+        assert run(capsys, *argv, "--overwrite", "--seed", 1)[0] == 0
+    finally:
+        os.umask(old_umask)
+    # the run swapped in from its staging folder is readable by others, as any folder made under umask 022
+    made = [out, *out.rglob("*")]
+    assert {p.stat().st_mode & 0o777 for p in made if p.is_dir()} == {0o755}
+    assert {p.stat().st_mode & 0o777 for p in made if p.is_file()} == {0o644}
     assert not np.array_equal(_predict(out), first)  # the new run, from other weights
     assert ckpt_io.read_config(out / "checkpoint")["extra"]["train"]["seed"] == 1
     assert sorted(p.name for p in tmp_path.iterdir()) == ["empty", "run"]  # the earlier run is gone, whole

@@ -121,6 +121,14 @@ def recover(path: str | os.PathLike[str]) -> Path:
     return dst
 
 
+def plain_mode(path: str | os.PathLike[str]) -> None:
+    """Give a file or folder made by ``tempfile`` (private: 0600 / 0700) the permissions a plain ``open`` or
+    ``mkdir`` would give it under the current umask, so that atomic writes do not make files private by accident."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, (0o777 if Path(path).is_dir() else 0o666) & ~umask)
+
+
 def _replace_dir(tmp: Path, dst: Path) -> None:
     if dst.exists() and not dst.is_dir():
         raise CheckpointError(f"checkpoint path {dst} exists and is not a folder")
@@ -160,6 +168,8 @@ def save(ckpt: Checkpoint, path: str | os.PathLike[str]) -> Path:
         tensors = {k: np.ascontiguousarray(v) for k, v in ckpt.tensors.items()}
         save_file(tensors, str(tmp / WEIGHTS), metadata={"format": FORMAT, "layout": ckpt.layout})
         (tmp / CONFIG).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+        for made in (tmp / WEIGHTS, tmp / CONFIG, tmp):
+            plain_mode(made)
         _replace_dir(tmp, dst)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

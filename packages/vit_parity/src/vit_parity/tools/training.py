@@ -17,6 +17,8 @@ from typing import Any
 
 import numpy as np
 
+from vit_parity.core.checkpoint import plain_mode
+
 __all__ = [
     "constructor_config",
     "per_class_accuracy",
@@ -72,9 +74,7 @@ def write_json(path: str | os.PathLike[str], obj: Any) -> Path:
     dst.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{dst.name}.", dir=dst.parent)
     try:
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # a plain file's usual permissions, not mkstemp's private ones
+        plain_mode(tmp)
         with os.fdopen(fd, "w") as f:
             json.dump(obj, f, indent=2)
             f.write("\n")

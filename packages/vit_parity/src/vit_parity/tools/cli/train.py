@@ -107,6 +107,8 @@ class _RunFolder:
     def __init__(self, out: Path, *, replace: bool) -> None:
         self.out = out
         self.staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.new-", dir=out.parent)) if replace else None
+        if self.staging is not None:
+            ckpt_io.plain_mode(self.staging)
 
     @property
     def root(self) -> Path:
