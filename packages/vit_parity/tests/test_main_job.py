@@ -271,13 +271,16 @@ def test_interrupted_training_keeps_the_last_epoch_and_resumes(
     monkeypatch.setattr(ckpt_io, "save_file", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt))
     fails(capsys, *argv, "--resume", match="interrupted", code=130)
     np.testing.assert_array_equal(vit_torch.train.predict(vit_torch.load(out / "checkpoint"), held_out()[1].x), first)
-    assert sorted(p.name for p in out.iterdir()) == ["checkpoint", "metrics.json"]  # no temporary folders
+    assert sorted(p.name for p in out.iterdir()) == ["checkpoint", "metrics.json", "metrics.jsonl"]  # no temporaries
     monkeypatch.setattr(ckpt_io, "save_file", save_file)
 
     code, _, _ = run(capsys, *argv, "--resume")
     assert code == 0
     metrics = json.loads((out / "metrics.json").read_text())
     assert [e["epoch"] for e in metrics["epochs"]] == [0, 1, 2] and metrics["complete"]
+    # one line per finished epoch, the resumed ones after the first run's, none twice
+    lines = (out / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line) for line in lines] == metrics["epochs"]
     assert ckpt_io.load(out / "checkpoint").extra["train"]["epoch"] == 2
     fails(capsys, "train", "--arch", "simple_vit", *DIGITS, "--out", out, "--resume", match="holds a 'vit' checkpoint")
     fails(capsys, *argv, "--resume", "--dim", "32", match="other model options (differing: ['dim', 'dim_head'")

@@ -24,6 +24,7 @@ __all__ = [
     "per_class_accuracy",
     "softmax",
     "write_json",
+    "write_jsonl",
 ]
 
 
@@ -68,18 +69,26 @@ def constructor_config(
     return config
 
 
-def write_json(path: str | os.PathLike[str], obj: Any) -> Path:
-    """Write ``obj`` as JSON to ``path`` atomically (a temporary file renamed into place)."""
-    dst = Path(path)
+def _write_atomically(dst: Path, text: str) -> Path:
+    """Write ``text`` to ``dst`` through a temporary file renamed into place (with a plain file's permissions)."""
     dst.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{dst.name}.", dir=dst.parent)
     try:
         plain_mode(tmp)
         with os.fdopen(fd, "w") as f:
-            json.dump(obj, f, indent=2)
-            f.write("\n")
+            f.write(text)
         os.replace(tmp, dst)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
     return dst
+
+
+def write_json(path: str | os.PathLike[str], obj: Any) -> Path:
+    """Write ``obj`` as JSON to ``path`` atomically (a temporary file renamed into place)."""
+    return _write_atomically(Path(path), json.dumps(obj, indent=2) + "\n")
+
+
+def write_jsonl(path: str | os.PathLike[str], records: list[Any]) -> Path:
+    """Write ``records`` as JSON lines (one object per line) to ``path`` atomically."""
+    return _write_atomically(Path(path), "".join(json.dumps(r) + "\n" for r in records))

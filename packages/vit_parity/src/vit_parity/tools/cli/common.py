@@ -132,6 +132,7 @@ RUN_CHECKPOINT = "checkpoint"
 
 
 RUN_METRICS = "metrics.json"
+RUN_EPOCHS = "metrics.jsonl"  # one line per finished epoch, for tools that follow a run
 
 
 class DefaultsFormatter(argparse.ArgumentDefaultsHelpFormatter):

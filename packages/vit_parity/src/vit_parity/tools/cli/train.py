@@ -22,6 +22,7 @@ from vit_parity.core.loop import EpochMetrics
 from vit_parity.tools import adapters, data
 from vit_parity.tools.cli.common import (
     RUN_CHECKPOINT,
+    RUN_EPOCHS,
     RUN_METRICS,
     UsageError,
     arch_spec,
@@ -32,7 +33,7 @@ from vit_parity.tools.cli.common import (
     train_module,
 )
 from vit_parity.tools.data import Preprocess
-from vit_parity.tools.training import per_class_accuracy, write_json
+from vit_parity.tools.training import per_class_accuracy, write_json, write_jsonl
 
 
 def _rank(arch: spec.ArchSpec) -> int | None:
@@ -226,6 +227,7 @@ def _train(args: argparse.Namespace) -> int:
         }  # fmt: skip
         train_mod.save(model, folder.root / RUN_CHECKPOINT, extra=extra)
         write_json(folder.root / RUN_METRICS, {**report, "epochs": history, "complete": m.epoch + 1 >= args.epochs})
+        write_jsonl(folder.root / RUN_EPOCHS, history)
         folder.commit()
 
     started = time.perf_counter()
