@@ -179,7 +179,8 @@ def test_an_existing_run_is_kept_unless_resumed_or_overwritten(
     assert run(capsys, *argv)[0] == 0
     first = _predict(out)
     before = sorted(p.name for p in out.iterdir())
-    fails(capsys, *argv, match=f"{out} already holds a run (checkpoint, metrics.json); continue it with --resume")
+    held = "checkpoint, metrics.json, metrics.jsonl"
+    fails(capsys, *argv, match=f"{out} already holds a run ({held}); continue it with --resume")
     fails(capsys, *argv, "--resume", "--overwrite", match="pick one")
     (tmp_path / "empty").mkdir()
     fails(capsys, *argv[:-1], tmp_path / "empty", "--resume", match="holds no checkpoint/")
