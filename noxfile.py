@@ -54,7 +54,7 @@ def tests_flax(session: nox.Session) -> None:
 @nox.session
 def parity(session: nox.Session) -> None:
     """The shared core's tests and the cross-backend parity tests (every spec case, every block)."""
-    session.install(*PIN, f"{CORE}[data]", TORCH, FLAX, "pytest", "pytest-xdist")
+    session.install(*PIN, f"{CORE}[data,video,medical,plot,tensorboard]", TORCH, FLAX, "pytest", "pytest-xdist")
     session.run(*PYTEST, "packages/vit_parity/tests", *session.posargs, env=FAST_COMPILE)
 
 

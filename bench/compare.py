@@ -283,8 +283,8 @@ class FlaxRunner(Runner):
 
         # the step vit_flax.train.fit runs: jitted, its state donated
         step, self.train_state = training_step(model, weight_decay=1e-4, feed=feed)
-        self.lr = jnp.float32(LR)
-        self._step = self._compile("train", step, self.train_state, self.x, self.y, self.lr)
+        self.lr, self.seed = jnp.float32(LR), jnp.int32(0)
+        self._step = self._compile("train", step, self.train_state, self.x, self.y, self.lr, self.seed)
 
     def _compile(self, what: str, fn: Callable, *args: object) -> Callable:
         start = time.perf_counter()
@@ -296,7 +296,7 @@ class FlaxRunner(Runner):
         self._forward(self.eval_state, self.x).block_until_ready()
 
     def train(self) -> None:
-        self.train_state, loss, _ = self._step(self.train_state, self.x, self.y, self.lr)
+        self.train_state, loss, _ = self._step(self.train_state, self.x, self.y, self.lr, self.seed)
         loss.block_until_ready()
 
 

@@ -26,8 +26,8 @@ def training_step_memory(arch: str, size: int, batch: int) -> dict[str, float]:
     step, state = training_step(build_flax_model(f"vit_flax.{ARCHS[arch]}", cfg), weight_decay=1e-4)
     x = jax.ShapeDtypeStruct((batch, size, size, 3), jnp.float32)
     y = jax.ShapeDtypeStruct((batch,), jnp.int32)
-    lr = jax.ShapeDtypeStruct((), jnp.float32)
-    analysis = step.lower(state, x, y, lr).compile().memory_analysis()
+    lr, seed = jax.ShapeDtypeStruct((), jnp.float32), jax.ShapeDtypeStruct((), jnp.int32)
+    analysis = step.lower(state, x, y, lr, seed).compile().memory_analysis()
     mib = 2.0**20
     return {
         "temp_mib": analysis.temp_size_in_bytes / mib,

@@ -132,3 +132,21 @@ def test_save_keeps_extra_and_weights(tmp_path: Path) -> None:
     train.save(model, tmp_path / "ckpt", extra=extra)
     assert ckpt_io.load(tmp_path / "ckpt").extra == extra
     np.testing.assert_array_equal(train.predict(vit_flax.load(tmp_path / "ckpt"), x), train.predict(model, x))
+
+
+def test_bf16_training_and_prediction() -> None:
+    """``precision='bf16'`` computes as a model built with ``dtype=bfloat16`` does; the weights stay float32 and
+    the predictions mostly those of float32."""
+    x, y = stripes(32)
+    config = dict(image_size=8, patch_size=4, num_classes=4, dim=16, depth=1, heads=2, mlp_dim=32, channels=1)
+    model = train.build("vit", config, seed=1)
+    train.fit(model, (x, y), epochs=1, batch_size=16, lr=3e-3, precision="bf16", progress=False)
+    assert {v[...].dtype for _, v in nnx.to_flat_state(nnx.state(model, nnx.Param))} == {jnp.dtype(jnp.float32)}
+    built_low = train.build("vit", config, dtype=jnp.bfloat16)
+    nnx.update(built_low, nnx.state(model, nnx.Param))
+    bf16, fp32 = train.predict(model, x, precision="bf16"), train.predict(model, x)
+    np.testing.assert_array_equal(bf16, train.predict(built_low, x))
+    assert not np.array_equal(fp32, bf16) and np.abs(fp32 - bf16).max() < 0.1
+    assert (fp32.argmax(-1) == bf16.argmax(-1)).mean() >= 0.9
+    with pytest.raises(ValueError, match="precision must be one of"):
+        train.predict(model, x, precision="fp16")

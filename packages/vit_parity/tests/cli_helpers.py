@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import importlib.util
 from collections.abc import Iterator
 
 import pytest
 import torch
 
 from vit_parity.tools import cli
+
+# what a `vit train` run folder holds (TensorBoard's event folder when the tensorboard package is installed)
+RUN_FILES = ["checkpoint", "metrics.json", "metrics.jsonl"]
+if importlib.util.find_spec("tensorboard"):
+    RUN_FILES.append("tensorboard")
 
 
 @pytest.fixture(autouse=True, scope="module")

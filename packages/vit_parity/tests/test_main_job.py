@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from cli_helpers import fails, one_thread, run  # noqa: F401 (one_thread: autouse)
+from cli_helpers import RUN_FILES, fails, one_thread, run  # noqa: F401 (one_thread: autouse)
 from PIL import Image
 
 import vit_flax
@@ -271,7 +271,7 @@ def test_interrupted_training_keeps_the_last_epoch_and_resumes(
     monkeypatch.setattr(ckpt_io, "save_file", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt))
     fails(capsys, *argv, "--resume", match="interrupted", code=130)
     np.testing.assert_array_equal(vit_torch.train.predict(vit_torch.load(out / "checkpoint"), held_out()[1].x), first)
-    assert sorted(p.name for p in out.iterdir()) == ["checkpoint", "metrics.json", "metrics.jsonl"]  # no temporaries
+    assert sorted(p.name for p in out.iterdir()) == RUN_FILES  # no temporaries
     monkeypatch.setattr(ckpt_io, "save_file", save_file)
 
     code, _, _ = run(capsys, *argv, "--resume")

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from cli_helpers import fails, one_thread, run  # noqa: F401 (one_thread: autouse)
+from cli_helpers import RUN_FILES, fails, one_thread, run  # noqa: F401 (one_thread: autouse)
 
 import vit_flax.checkpoint
 import vit_flax.train
@@ -179,7 +179,8 @@ def test_an_existing_run_is_kept_unless_resumed_or_overwritten(
     assert run(capsys, *argv)[0] == 0
     first = _predict(out)
     before = sorted(p.name for p in out.iterdir())
-    held = "checkpoint, metrics.json, metrics.jsonl"
+    assert before == RUN_FILES
+    held = "checkpoint, metrics.json, metrics.jsonl" + (", ..." if len(RUN_FILES) > 3 else "")
     fails(capsys, *argv, match=f"{out} already holds a run ({held}); continue it with --resume")
     fails(capsys, *argv, "--resume", "--overwrite", match="pick one")
     (tmp_path / "empty").mkdir()
@@ -206,3 +207,18 @@ def test_an_existing_run_is_kept_unless_resumed_or_overwritten(
     assert not np.array_equal(_predict(out), first)  # the new run, from other weights
     assert ckpt_io.read_config(out / "checkpoint")["extra"]["train"]["seed"] == 1
     assert sorted(p.name for p in tmp_path.iterdir()) == ["empty", "run"]  # the earlier run is gone, whole
+
+
+def test_bf16_training_and_evaluation(tmp_path: Path, capsys) -> None:
+    out = tmp_path / "run"
+    assert run(capsys, "train", "--arch", "vit", *IMAGES, "--epochs", 2, "--precision", "bf16", "--out", out)[0] == 0
+    ckpt = ckpt_io.load(out / "checkpoint")
+    assert ckpt.extra["train"]["precision"] == "bf16" and {v.dtype for v in ckpt.tensors.values()} <= {
+        np.dtype(np.float32),
+        np.dtype(np.int64),
+    }
+    code, printed, _ = run(capsys, "eval", out, "--precision", "bf16", "--json", tmp_path / "eval.json")
+    report = json.loads((tmp_path / "eval.json").read_text())
+    assert code == 0 and report["precision"] == "bf16" and 0.5 <= report["fp32_agreement"]["torch"] <= 1.0
+    same = round(report["fp32_agreement"]["torch"] * report["samples"])
+    assert f"torch in bf16 gives the fp32 prediction on {same}/{report['samples']} samples" in printed

@@ -55,15 +55,20 @@ class _Terminal(io.StringIO):
         return True
 
 
-def test_progress_redraws_one_line_on_a_terminal() -> None:
+def test_progress_draws_a_bar_on_a_terminal() -> None:
+    """A resumed run (10 of 30 steps done) of 4-sample steps, 5 steps into epoch 2: 20 of the 80 samples left."""
     out = _Terminal()
-    bar = Progress(3, 10, stream=out)
+    bar = Progress(3, 10, batch_size=4, done=10, stream=out)
     bar.begin(1)
-    bar.update(5, 0.5, 0.75)
-    line = out.getvalue()
-    assert line.startswith("\repoch 2/3 [##########..........] 5/10 loss 0.500 acc 0.750 ") and line.endswith(" it/s")
+    for step in range(1, 6):
+        bar.update(step, 0.5, 0.75)
+    bar.bar.refresh()
+    line = out.getvalue().split("\r")[-1]
+    assert line.startswith("epoch 2/3  25%|") and "sample/s" in line and " left" in line, line
+    assert line.endswith("loss 0.500 acc 0.750"), line
     bar.end(EpochMetrics(1, 1e-3, 0.5, 0.75, None, None, 1.0))
-    assert out.getvalue()[len(line) :] == "\r\033[Kepoch 2/3: loss 0.500 acc 0.750 | lr 1.00e-03 | 1.0s\n"
+    assert "epoch 2/3: loss 0.500 acc 0.750 | lr 1.00e-03 | 1.0s\n" in out.getvalue()
+    bar.close()
 
 
 class _Image:

@@ -111,3 +111,24 @@ def test_save_keeps_extra_and_weights(tmp_path: Path) -> None:
     train.save(model, tmp_path / "ckpt", extra=extra)
     assert ckpt_io.load(tmp_path / "ckpt").extra == extra
     np.testing.assert_array_equal(train.predict(vit_torch.load(tmp_path / "ckpt"), x), train.predict(model, x))
+
+
+def test_compiled_and_bf16_training() -> None:
+    """``compile`` trains through torch.compile (the same losses as eager); ``precision='bf16'`` through CPU
+    autocast: the weights stay float32 and the predictions mostly those of float32."""
+    x, y = stripes(48)
+    config = dict(image_size=8, patch_size=4, num_classes=4, dim=16, depth=1, heads=2, mlp_dim=32, channels=1)
+    kw = dict(epochs=2, batch_size=16, lr=3e-3, progress=False)
+    eager, compiled = train.build("vit", config, seed=1), train.build("vit", config, seed=1)
+    want = [m.train_loss for m in train.fit(eager, (x, y), **kw)]
+    got = [m.train_loss for m in train.fit(compiled, (x, y), compile="aot_eager", **kw)]
+    np.testing.assert_allclose(got, want, rtol=1e-5)
+
+    low = train.build("vit", config, seed=1)
+    train.fit(low, (x, y), precision="bf16", **kw)
+    assert {p.dtype for p in low.parameters()} == {torch.float32}
+    fp32, bf16 = train.predict(low, x), train.predict(low, x, precision="bf16")
+    assert not np.array_equal(fp32, bf16) and np.abs(fp32 - bf16).max() < 0.1
+    assert (fp32.argmax(-1) == bf16.argmax(-1)).mean() >= 0.9
+    with pytest.raises(ValueError, match="precision must be one of"):
+        train.predict(low, x, precision="fp16")

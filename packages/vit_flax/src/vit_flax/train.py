@@ -9,15 +9,18 @@ an argument, not a constant, so later runs of the same model reuse the compilati
 the last batch so it compiles once too. Inputs are channels-first, as ``vit_parity.tools.data``
 returns them (``channels_first=False`` for arrays already channels-last); the channel axis moves to
 the end here. A model that takes something else than the batch array (NaViT's packed arrays) gets it
-from a ``feed`` (see ``vit_parity.tools.adapters``).
+from a ``feed`` (see ``vit_parity.tools.adapters``). Every step reseeds the model's random streams from
+``(seed, epoch, step)``, so a run stopped and resumed from its :class:`~vit_parity.core.loop.RunState`
+(optimizer moments included) ends with the same weights, bit for bit, as one never stopped.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -32,9 +35,24 @@ from vit_flax.init import init_weights
 from vit_parity.core import spec
 from vit_parity.core.checkpoint import save as save_checkpoint
 from vit_parity.core.config import to_json
-from vit_parity.core.loop import EpochMetrics, Progress, batches, cross_entropy, random_shift, warmup_cosine
+from vit_parity.core.loop import (
+    EpochMetrics,
+    Interrupted,
+    Progress,
+    RunState,
+    batches,
+    cross_entropy,
+    dropout_seed,
+    epoch_steps,
+    random_shift,
+    warmup_cosine,
+)
 
-__all__ = ["build", "decayed_parameters", "fit", "optimizer", "predict", "save", "training_step"]
+__all__ = [
+    "build", "compute_dtype", "decayed_parameters", "fit", "load_optimizer_state", "optimizer", "optimizer_state",
+    "predict", "save", "training_step",
+]  # fmt: skip
+PRECISIONS = {"fp32": None, "bf16": jnp.bfloat16}
 
 # How many times the training step has been traced (compiled); tests check that fit compiles it once.
 TRACES = {"train_step": 0}
@@ -43,19 +61,37 @@ TRACES = {"train_step": 0}
 DECAYED_KINDS = ("linear", "conv")
 
 
-def build(arch: str, config: dict, *, seed: int = 0) -> nnx.Module:
+def build(arch: str, config: dict, *, seed: int = 0, dtype: jnp.dtype | None = None) -> nnx.Module:
     """The registry architecture ``arch`` built from ``config`` with weights drawn from ``seed`` by the
     shared initializer (``vit_flax.init.init_weights``): the same as ``vit_torch.train.build`` gives.
-    Dropout draws from ``nnx.Rngs(seed)``.
+    Dropout draws from ``nnx.Rngs(seed)``; ``dtype`` is the computation's (parameters stay float32).
 
     Raises ``TypeError`` when the config cannot be stored in a checkpoint (e.g. a callable argument), so
     that a run fails before training rather than at its first save.
     """
     cls = spec.get(arch).load_class("flax")
     rngs = nnx.Rngs(seed)
-    model = cls(**spec.build_models(config, "flax", rngs=rngs), rngs=rngs)
+    model = cls(**spec.build_models(config, "flax", rngs=rngs), dtype=dtype, rngs=rngs)
     to_json(model.config)
     return init_weights(model, seed)
+
+
+@contextlib.contextmanager
+def compute_dtype(model: nnx.Module, precision: str) -> Iterator[nnx.Module]:
+    """Within the context, ``model`` computes in ``precision`` ('fp32' as built, 'bf16' in bfloat16): the
+    ``dtype`` of each of its modules is set as building it with ``dtype=`` would (parameters stay float32)."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {tuple(PRECISIONS)}, got {precision!r}")
+    dtype = PRECISIONS[precision]
+    saved = [(m, m.dtype) for _, m in nnx.iter_graph(model) if isinstance(m, nnx.Module) and hasattr(m, "dtype")]
+    try:
+        if dtype is not None:
+            for module, _ in saved:
+                module.dtype = dtype
+        yield model
+    finally:
+        for module, value in saved:
+            module.dtype = value
 
 
 def _dotted(path: tuple) -> str:
@@ -105,6 +141,54 @@ def optimizer(model: nnx.Module, *, weight_decay: float) -> nnx.Optimizer:
     return opt
 
 
+# where AdamW's moments and update counts lie in an nnx.Optimizer of optax.inject_hyperparams(optax.adamw)
+_MOMENTS = ("opt_state", "inner_state", 0)
+_COUNTS = (("step",), ("opt_state", "count"), ("opt_state", "inner_state", 0, "count"))
+
+
+def optimizer_state(opt: nnx.Optimizer | nnx.State) -> tuple[int, dict[str, dict[str, np.ndarray]]]:
+    """AdamW's update count and moments ``{"mu": {path: array}, "nu": {path: array}}`` keyed by parameter path,
+    of an :func:`optimizer` or of its state (``state[1]`` of :func:`training_step`)."""
+    moments: dict[str, dict[str, np.ndarray]] = {"mu": {}, "nu": {}}
+    steps = 0
+    for path, var in nnx.to_flat_state(opt if isinstance(opt, nnx.State) else nnx.state(opt, nnx.OptState)):
+        if path[:3] == _MOMENTS and len(path) > 4 and path[3] in moments:
+            moments[path[3]][_dotted(path[4:])] = np.asarray(var[...]).copy()
+        elif path == _COUNTS[0]:
+            steps = int(var[...])
+    return steps, moments
+
+
+def load_optimizer_state(opt: nnx.Optimizer, steps: int, moments: dict[str, dict[str, np.ndarray]]) -> None:
+    """Restore what :func:`optimizer_state` returned into ``opt`` (an :func:`optimizer` of the same model)."""
+    flat = nnx.to_flat_state(nnx.state(opt, nnx.OptState))
+    have = {(path[3], _dotted(path[4:])) for path, _ in flat if path[:3] == _MOMENTS and len(path) > 4}
+    given = {(name, key) for name, d in moments.items() for key in d}
+    if given - have:
+        raise ValueError(f"the optimizer state does not fit this model: unknown {sorted(given - have)[:5]}")
+    new = []
+    for path, var in flat:
+        value = None
+        if path[:3] == _MOMENTS and len(path) > 4 and (path[3], _dotted(path[4:])) in given:
+            value = np.asarray(moments[path[3]][_dotted(path[4:])])
+            if value.shape != var[...].shape:
+                raise ValueError(f"the optimizer state of {_dotted(path[4:])} is shaped {value.shape}, not {var.shape}")
+        elif path in _COUNTS:
+            value = np.asarray(steps)
+        if value is not None:
+            new.append((path, var.replace(jnp.asarray(value, dtype=var[...].dtype))))
+    nnx.update(opt, nnx.from_flat_state(new))
+
+
+def _reseed(model: nnx.Module, seed: jax.Array) -> None:
+    """Give every random stream of ``model`` its own key drawn from ``seed`` (a step's :func:`dropout_seed`)."""
+    base = jax.random.key(seed)
+    streams = [node for _, node in nnx.iter_graph(model) if isinstance(node, nnx.RngStream)]
+    for i, stream in enumerate(streams):
+        stream.key[...] = jax.random.fold_in(base, i)
+        stream.count[...] = jnp.zeros_like(stream.count[...])
+
+
 def _call(model: nnx.Module, x: Any, feed: Any) -> jax.Array:
     if feed is None:
         return model(x)
@@ -112,9 +196,12 @@ def _call(model: nnx.Module, x: Any, feed: Any) -> jax.Array:
 
 
 def _make_step(graphdef: Any, feed: Any, label_smoothing: float) -> Callable:
-    def step(state: nnx.State, x: Any, y: jax.Array, lr: jax.Array) -> tuple[nnx.State, jax.Array, jax.Array]:
+    def step(
+        state: nnx.State, x: Any, y: jax.Array, lr: jax.Array, seed: jax.Array
+    ) -> tuple[nnx.State, jax.Array, jax.Array]:
         TRACES["train_step"] += 1
         model, opt = nnx.merge(graphdef, state)
+        _reseed(model, seed)
 
         def loss_fn(model: nnx.Module) -> tuple[jax.Array, jax.Array]:
             logits = _call(model, x, feed)
@@ -135,19 +222,27 @@ _STEPS: list[tuple[tuple[Any, Any, float], Callable]] = []
 
 
 def training_step(
-    model: nnx.Module, *, weight_decay: float = 0.05, label_smoothing: float = 0.0, feed: Any = None
+    model: nnx.Module,
+    *,
+    weight_decay: float = 0.05,
+    label_smoothing: float = 0.0,
+    feed: Any = None,
+    resume: RunState | None = None,
 ) -> tuple[Callable, nnx.State]:
     """The training step and its initial state, the ``nnx.split`` state of ``model`` and a new AdamW
-    :func:`optimizer` (the model is put in training mode first).
+    :func:`optimizer` (the model is put in training mode first; ``resume`` restores the optimizer's moments).
 
-    ``step(state, x, y, lr)`` runs forward, cross-entropy (``label_smoothing``), backward and the AdamW
-    update at learning rate ``lr`` and returns ``(state, loss, correct predictions)``; it is ``jax.jit``
-    compiled with ``state`` donated, so the arrays of the state passed in (and of ``model``) are invalid
-    afterwards: write the latest state back with ``nnx.update(model, state[0])`` (``state[1]`` is the
-    optimizer's). ``x`` is the channels-last batch, or ``feed.inputs`` of the channels-first batch.
+    ``step(state, x, y, lr, seed)`` reseeds the model's random streams from ``seed`` (an int32 scalar) and runs
+    forward, cross-entropy (``label_smoothing``), backward and the AdamW update at learning rate ``lr``; it
+    returns ``(state, loss, correct predictions)``. It is ``jax.jit`` compiled with ``state`` donated, so the
+    arrays of the state passed in (and of ``model``) are invalid afterwards: write the latest state back with
+    ``nnx.update(model, state[0])`` (``state[1]`` is the optimizer's). ``x`` is the channels-last batch, or
+    ``feed.inputs`` of the channels-first batch.
     """
     model.train()
     opt = optimizer(model, weight_decay=weight_decay)
+    if resume is not None and resume.moments:
+        load_optimizer_state(opt, resume.optimizer_steps, resume.moments)
     graphdef, state = nnx.split((model, opt))
     key = (graphdef, feed, float(label_smoothing))
     step = next((fn for cached, fn in _STEPS if cached == key), None)
@@ -188,13 +283,20 @@ def _modes(model: nnx.Module) -> list[tuple[nnx.Module, str, Any]]:
 
 
 def predict(
-    model: nnx.Module, x: np.ndarray, *, batch_size: int = 256, channels_first: bool = True, feed: Any = None
+    model: nnx.Module,
+    x: np.ndarray,
+    *,
+    batch_size: int = 256,
+    channels_first: bool = True,
+    feed: Any = None,
+    precision: str = "fp32",
 ) -> np.ndarray:
     """Logits of ``model`` (in eval mode; its mode is restored) for the batch ``x``, as float32 numpy.
 
     Every batch is padded to the same size (``min(batch_size, len(x))``) so one compilation serves all.
     ``feed`` (a ``vit_parity.tools.adapters.Feed``) builds the inputs of a model that does not take the
-    batch array (NaViT's packed arrays) and reads its per-sample logits.
+    batch array (NaViT's packed arrays) and reads its per-sample logits. ``precision='bf16'`` computes in
+    bfloat16 (:func:`compute_dtype`).
     """
     n = len(x)
     if n == 0:
@@ -209,7 +311,8 @@ def predict(
             pad = batch_size - len(idx)
             if pad:
                 xb = np.concatenate([xb, np.zeros((pad, *xb.shape[1:]), dtype=xb.dtype)])
-            logits = _forward(model, _inputs(xb, feed, channels_first), feed=feed)
+            with compute_dtype(model, precision):
+                logits = _forward(model, _inputs(xb, feed, channels_first), feed=feed)
             out.append(np.asarray(logits, dtype=np.float32)[: len(idx)])
     finally:
         for module, name, value in modes:
@@ -231,62 +334,109 @@ def fit(
     shift: int = 0,
     seed: int = 0,
     start_epoch: int = 0,
+    resume: RunState | None = None,
     shuffle: bool = True,
     channels_first: bool = True,
     feed: Any = None,
+    precision: str = "fp32",
+    compile: bool = True,
     on_epoch: Callable[[EpochMetrics, nnx.Module], None] | None = None,
+    on_checkpoint: Callable[[RunState, nnx.Module, EpochMetrics | None], None] | None = None,
+    stop: Callable[[], bool] | None = None,
     progress: bool | Progress = True,
 ) -> list[EpochMetrics]:
     """Train ``model`` on ``train = (x, y)`` for ``epochs`` epochs; return each epoch's metrics.
 
     The same contract as ``vit_torch.train.fit``: full batches of a permutation drawn from
-    ``(seed, epoch)``, ``shift`` pixel translations, resumable at ``start_epoch``. Dropout draws from
-    the model's own ``nnx.Rngs``. Each step is :func:`training_step`; ``model`` holds the trained
-    weights whenever ``on_epoch`` runs and when ``fit`` returns. ``feed`` (see :func:`predict`) turns
-    each batch into the model's inputs.
+    ``(seed, epoch)``, each step's ``shift`` pixel translations and dropout drawn from ``(seed, epoch,
+    step)``, ``on_epoch`` and ``on_checkpoint`` after every epoch, a clean stop when ``stop()`` turns true
+    (:class:`~vit_parity.core.loop.Interrupted`), ``resume`` from a :class:`RunState` ending where an
+    uninterrupted run does. ``precision='bf16'`` computes in bfloat16 (:func:`compute_dtype`; parameters
+    and AdamW stay float32). The step is always compiled (``compile`` is accepted for symmetry). Each step
+    is :func:`training_step`; ``model`` holds the trained weights whenever ``on_epoch`` runs and when
+    ``fit`` returns. ``feed`` (see :func:`predict`) turns each batch into the model's inputs.
     """
+    del compile  # the step is jax.jit compiled whatever is asked
     x, y = np.asarray(train[0], dtype=np.float32), np.asarray(train[1], dtype=np.int64)
     if len(x) == 0:
         raise ValueError("the training set is empty")
     batch_size = min(batch_size, len(x))
     steps = len(x) // batch_size
     total, warmup = epochs * steps, round(warmup_epochs * steps)
-    bar = progress if isinstance(progress, Progress) else Progress(epochs, steps, enabled=bool(progress))
+    run = resume if resume is not None else RunState(epoch=start_epoch)
+    done = run.epoch * steps + run.step
+    bar = progress if isinstance(progress, Progress) else Progress(
+        epochs, steps, batch_size=batch_size, done=done, enabled=bool(progress)
+    )  # fmt: skip
     history: list[EpochMetrics] = []
-    step, state = training_step(model, weight_decay=weight_decay, label_smoothing=label_smoothing, feed=feed)
-    for epoch in range(start_epoch, epochs):
-        bar.begin(epoch)
-        start = time.perf_counter()
-        rng = np.random.default_rng([seed, epoch])
-        loss_sum = correct = seen = 0.0
-        for i, idx in enumerate(batches(len(x), batch_size, rng=rng if shuffle else None, drop_last=True)):
-            step_lr = warmup_cosine(epoch * steps + i, total_steps=total, warmup_steps=warmup, peak_lr=lr)
-            xb = _inputs(random_shift(x[idx], shift, rng), feed, channels_first)
-            yb = jnp.asarray(y[idx], dtype=jnp.int32)
-            state, loss, hits = step(state, xb, yb, jnp.float32(step_lr))
-            loss_sum += float(loss) * len(idx)
-            correct += float(hits)
-            seen += len(idx)
-            bar.update(i + 1, loss_sum / seen, correct / seen)
-        nnx.update(model, state[0])  # the step donated the model's arrays: hand it the latest ones
-        eval_loss = eval_acc = None
-        if eval is not None and len(eval[0]):
-            logits = predict(model, eval[0], channels_first=channels_first, feed=feed)
-            eval_loss = cross_entropy(logits, eval[1])
-            eval_acc = float((logits.argmax(-1) == eval[1]).mean())
-        metrics = EpochMetrics(
-            epoch, step_lr, loss_sum / seen, correct / seen, eval_loss, eval_acc, time.perf_counter() - start
+    with compute_dtype(model, precision):
+        step, state = training_step(
+            model, weight_decay=weight_decay, label_smoothing=label_smoothing, feed=feed, resume=run
         )
-        history.append(metrics)
-        bar.end(metrics)
-        if on_epoch is not None:
-            on_epoch(metrics, model)
+
+        def state_at(epoch: int, i: int, sums: tuple[float, float, int]) -> RunState:
+            nnx.update(model, state[0])  # the step donated the model's arrays: hand it the latest ones
+            count, moments = optimizer_state(state[1])
+            return RunState(epoch, i, *sums, optimizer_steps=count, moments=moments)
+
+        try:
+            for epoch in range(run.epoch, epochs):
+                bar.begin(epoch)
+                start = time.perf_counter()
+                first = run.step if epoch == run.epoch else 0
+                loss_sum, correct, seen = (run.loss_sum, run.correct, run.seen) if first else (0.0, 0.0, 0)
+                step_lr = warmup_cosine(epoch * steps + first, total_steps=total, warmup_steps=warmup, peak_lr=lr)
+                order = epoch_steps(len(x), batch_size, seed=seed, epoch=epoch, start=first, shuffle=shuffle)
+                for i, idx, rng in order:
+                    step_seed = jnp.int32(dropout_seed(rng))
+                    step_lr = warmup_cosine(epoch * steps + i, total_steps=total, warmup_steps=warmup, peak_lr=lr)
+                    xb = _inputs(random_shift(x[idx], shift, rng), feed, channels_first)
+                    yb = jnp.asarray(y[idx], dtype=jnp.int32)
+                    state, loss, hits = step(state, xb, yb, jnp.float32(step_lr), step_seed)
+                    loss_sum += float(loss) * len(idx)
+                    correct += float(hits)
+                    seen += len(idx)
+                    bar.update(i + 1, loss_sum / seen, correct / seen)
+                    if stop is not None and i + 1 < steps and stop():
+                        interrupted = state_at(epoch, i + 1, (loss_sum, correct, seen))
+                        if on_checkpoint is not None:
+                            on_checkpoint(interrupted, model, None)
+                        raise Interrupted(interrupted)
+                nnx.update(model, state[0])
+                eval_loss = eval_acc = None
+                if eval is not None and len(eval[0]):
+                    logits = predict(model, eval[0], channels_first=channels_first, feed=feed, precision=precision)
+                    eval_loss = cross_entropy(logits, eval[1])
+                    eval_acc = float((logits.argmax(-1) == eval[1]).mean())
+                metrics = EpochMetrics(
+                    epoch, step_lr, loss_sum / seen, correct / seen, eval_loss, eval_acc, time.perf_counter() - start
+                )
+                history.append(metrics)
+                bar.end(metrics)
+                if on_epoch is not None:
+                    on_epoch(metrics, model)
+                ended = state_at(epoch + 1, 0, (0.0, 0.0, 0))
+                if on_checkpoint is not None:
+                    on_checkpoint(ended, model, metrics)
+                if stop is not None and epoch + 1 < epochs and stop():
+                    raise Interrupted(ended)
+        finally:
+            if not isinstance(progress, Progress):
+                bar.close()
     model.eval()
     return history
 
 
-def save(model: nnx.Module, path: str | os.PathLike[str], *, extra: dict | None = None) -> Path:
-    """Save ``model`` atomically to the checkpoint folder ``path``, with ``extra`` in its config."""
+def save(
+    model: nnx.Module,
+    path: str | os.PathLike[str],
+    *,
+    extra: dict | None = None,
+    optimizer: dict[str, dict[str, np.ndarray]] | None = None,
+) -> Path:
+    """Save ``model`` atomically to the checkpoint folder ``path``, with ``extra`` in its config and the
+    optimizer ``moments`` of a run (:func:`optimizer_state`) when given."""
     ckpt = to_checkpoint(model)
     ckpt.extra = dict(extra or {})
+    ckpt.optimizer = dict(optimizer or {})
     return save_checkpoint(ckpt, path)

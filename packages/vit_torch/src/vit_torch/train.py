@@ -2,14 +2,17 @@
 
 ``fit`` runs AdamW (decoupled weight decay on the weights of linear and convolution modules only: none
 on biases, norms, position embeddings and class tokens) under a linear-warmup + cosine schedule,
-shuffling with a seeded numpy generator, and calls ``on_epoch`` after every epoch (the ``vit`` command
-saves a checkpoint there). ``predict`` returns logits. Inputs are channels-first, as
+shuffling with a seeded numpy generator, and calls ``on_epoch`` and ``on_checkpoint`` after every epoch
+(the ``vit`` command saves a checkpoint there, optimizer state included). Given a ``stop`` callable it
+stops cleanly after the step in hand, and a run resumed from its :class:`~vit_parity.core.loop.RunState`
+ends with the same weights, bit for bit, as one never stopped. ``predict`` returns logits. Inputs are channels-first, as
 ``vit_parity.tools.data`` returns them; a model that takes something else than the batch array (NaViT's
 lists of images) gets it from a ``feed`` (see ``vit_parity.tools.adapters``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from collections.abc import Callable
@@ -25,14 +28,28 @@ from vit_parity.core import spec
 from vit_parity.core.checkpoint import Checkpoint
 from vit_parity.core.checkpoint import save as save_checkpoint
 from vit_parity.core.config import to_json
-from vit_parity.core.loop import EpochMetrics, Progress, batches, cross_entropy, random_shift, warmup_cosine
+from vit_parity.core.loop import (
+    EpochMetrics,
+    Interrupted,
+    Progress,
+    RunState,
+    batches,
+    cross_entropy,
+    dropout_seed,
+    epoch_steps,
+    random_shift,
+    warmup_cosine,
+)
 from vit_torch.checkpoint import module_kinds, to_checkpoint
 from vit_torch.init import init_weights
 
-__all__ = ["build", "decayed_parameters", "fit", "optimizer", "predict", "save"]
+__all__ = [
+    "build", "decayed_parameters", "fit", "load_optimizer_state", "optimizer", "optimizer_state", "predict", "save",
+]  # fmt: skip
 
 # Module kinds (vit_torch.checkpoint.module_kinds) whose weight decays; nothing else does.
 DECAYED_KINDS = ("linear", "conv")
+PRECISIONS = ("fp32", "bf16")
 
 
 def build(arch: str, config: dict, *, seed: int = 0) -> nn.Module:
@@ -70,6 +87,45 @@ def optimizer(model: nn.Module, *, lr: float, weight_decay: float) -> torch.opti
     return torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.999), eps=1e-8)
 
 
+def optimizer_state(opt: torch.optim.AdamW, model: nn.Module) -> tuple[int, dict[str, dict[str, np.ndarray]]]:
+    """AdamW's update count and moments ``{"mu": {name: array}, "nu": {name: array}}`` keyed by parameter name."""
+    names = {p: n for n, p in model.named_parameters()}
+    moments: dict[str, dict[str, np.ndarray]] = {"mu": {}, "nu": {}}
+    steps = 0
+    for param, state in opt.state.items():
+        if "exp_avg" in state:
+            moments["mu"][names[param]] = state["exp_avg"].detach().cpu().numpy().copy()
+            moments["nu"][names[param]] = state["exp_avg_sq"].detach().cpu().numpy().copy()
+            steps = int(state["step"])
+    return steps, moments
+
+
+def load_optimizer_state(
+    opt: torch.optim.AdamW, model: nn.Module, steps: int, moments: dict[str, dict[str, np.ndarray]]
+) -> None:
+    """Restore what :func:`optimizer_state` returned into ``opt`` (an :func:`optimizer` of ``model``)."""
+    params = dict(model.named_parameters())
+    mu, nu = moments.get("mu", {}), moments.get("nu", {})
+    unknown = sorted((set(mu) | set(nu)) - set(params))
+    if unknown or set(mu) != set(nu):
+        raise ValueError(f"the optimizer state does not fit this model: unknown parameters {unknown[:5]}")
+    for name in mu:
+        param = params[name]
+        if tuple(mu[name].shape) != tuple(param.shape) or tuple(nu[name].shape) != tuple(param.shape):
+            raise ValueError(f"the optimizer state of {name} is shaped {mu[name].shape}, the parameter {param.shape}")
+        opt.state[param] = {
+            "step": torch.tensor(float(steps), dtype=torch.float32),
+            "exp_avg": torch.from_numpy(np.array(mu[name], dtype=np.float32)).to(param.device),
+            "exp_avg_sq": torch.from_numpy(np.array(nu[name], dtype=np.float32)).to(param.device),
+        }
+
+
+def _autocast(precision: str) -> contextlib.AbstractContextManager:
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    return torch.autocast("cpu", dtype=torch.bfloat16) if precision == "bf16" else contextlib.nullcontext()
+
+
 def _forward(model: nn.Module, x: np.ndarray, feed: Any) -> torch.Tensor:
     """Logits of ``model`` for the channels-first batch ``x``, through ``feed`` when given."""
     if feed is None:
@@ -78,15 +134,17 @@ def _forward(model: nn.Module, x: np.ndarray, feed: Any) -> torch.Tensor:
     return feed.logits(model(*args))
 
 
-def predict(model: nn.Module, x: np.ndarray, *, batch_size: int = 256, feed: Any = None) -> np.ndarray:
+def predict(
+    model: nn.Module, x: np.ndarray, *, batch_size: int = 256, feed: Any = None, precision: str = "fp32"
+) -> np.ndarray:
     """Logits of ``model`` (in eval mode; its mode is restored) for the channels-first batch ``x``, as float32
     numpy. ``feed`` (a ``vit_parity.tools.adapters.Feed``) builds the inputs of a model that does not take
-    the batch array (NaViT) and reads its per-sample logits."""
+    the batch array (NaViT) and reads its per-sample logits. ``precision='bf16'`` runs under CPU autocast."""
     was_training = model.training
     model.eval()
     out = []
     try:
-        with torch.inference_mode():
+        with torch.inference_mode(), _autocast(precision):
             for idx in batches(len(x), batch_size):
                 out.append(_forward(model, x[idx], feed).float().numpy())
     finally:
@@ -108,19 +166,32 @@ def fit(
     shift: int = 0,
     seed: int = 0,
     start_epoch: int = 0,
+    resume: RunState | None = None,
     shuffle: bool = True,
     feed: Any = None,
+    precision: str = "fp32",
+    compile: bool | str = False,
     on_epoch: Callable[[EpochMetrics, nn.Module], None] | None = None,
+    on_checkpoint: Callable[[RunState, nn.Module, EpochMetrics | None], None] | None = None,
+    stop: Callable[[], bool] | None = None,
     progress: bool | Progress = True,
 ) -> list[EpochMetrics]:
     """Train ``model`` on ``train = (x, y)`` for ``epochs`` epochs; return each epoch's metrics.
 
     ``x`` is a channels-first float32 array, ``y`` integer labels. Every epoch uses the full batches
-    of a fresh permutation drawn from ``(seed, epoch)`` (the last partial batch is dropped), so a run
-    resumed at ``start_epoch`` sees the same batches as an uninterrupted one. ``shift`` translates
-    training samples by up to that many pixels. Dropout draws from torch's generator seeded per epoch,
-    inside ``torch.random.fork_rng`` so the caller's random state is left alone. ``feed`` (see
-    :func:`predict`) turns each batch into the model's inputs.
+    of a fresh permutation drawn from ``(seed, epoch)`` (the last partial batch is dropped); each step's
+    shifts (``shift``: translations by up to that many pixels) and dropout draw from ``(seed, epoch,
+    step)`` (torch's generator is reseeded per step inside ``torch.random.fork_rng``, so the caller's
+    random state is left alone). ``feed`` (see :func:`predict`) turns each batch into the model's inputs.
+    ``precision='bf16'`` runs forward and backward under CPU autocast (weights and AdamW stay float32);
+    ``compile=True`` trains through ``torch.compile(model)`` (a string names its backend, e.g. 'aot_eager').
+
+    After every epoch ``on_epoch(metrics, model)`` and ``on_checkpoint(state, model, metrics)`` run, with
+    the :class:`RunState` to resume from. When ``stop()`` turns true, the step in hand is finished,
+    ``on_checkpoint(state, model, None)`` runs (within an epoch; at its end the epoch's call served) and
+    :class:`~vit_parity.core.loop.Interrupted` is raised. ``resume`` continues from such a state (its
+    model weights loaded into ``model``) and ends where an uninterrupted run does; ``start_epoch`` starts
+    at an epoch with a fresh optimizer.
     """
     x, y = np.asarray(train[0], dtype=np.float32), np.asarray(train[1], dtype=np.int64)
     if len(x) == 0:
@@ -128,49 +199,88 @@ def fit(
     batch_size = min(batch_size, len(x))
     steps = len(x) // batch_size
     total, warmup = epochs * steps, round(warmup_epochs * steps)
+    run = resume if resume is not None else RunState(epoch=start_epoch)
     opt = optimizer(model, lr=lr, weight_decay=weight_decay)
-    bar = progress if isinstance(progress, Progress) else Progress(epochs, steps, enabled=bool(progress))
+    if run.moments:
+        load_optimizer_state(opt, model, run.optimizer_steps, run.moments)
+    backend = {"backend": compile} if isinstance(compile, str) else {}
+    net = torch.compile(model, **backend) if compile else model
+    autocast = _autocast(precision)
+    done = run.epoch * steps + run.step
+    bar = progress if isinstance(progress, Progress) else Progress(
+        epochs, steps, batch_size=batch_size, done=done, enabled=bool(progress)
+    )  # fmt: skip
+
+    def state_at(epoch: int, step: int, sums: tuple[float, float, int]) -> RunState:
+        count, moments = optimizer_state(opt, model)
+        return RunState(epoch, step, *sums, optimizer_steps=count, moments=moments)
+
     history: list[EpochMetrics] = []
-    for epoch in range(start_epoch, epochs):
-        bar.begin(epoch)
-        start = time.perf_counter()
-        rng = np.random.default_rng([seed, epoch])
-        loss_sum = correct = seen = 0.0
-        model.train()
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(int(np.random.default_rng([seed, epoch, 1]).integers(2**31)))
-            for i, idx in enumerate(batches(len(x), batch_size, rng=rng if shuffle else None, drop_last=True)):
-                step_lr = warmup_cosine(epoch * steps + i, total_steps=total, warmup_steps=warmup, peak_lr=lr)
-                for group in opt.param_groups:
-                    group["lr"] = step_lr
-                yb = torch.from_numpy(y[idx])
-                logits = _forward(model, random_shift(x[idx], shift, rng), feed)
-                loss = F.cross_entropy(logits, yb, label_smoothing=label_smoothing)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                loss_sum += float(loss.detach()) * len(idx)
-                correct += float((logits.detach().argmax(-1) == yb).sum())
-                seen += len(idx)
-                bar.update(i + 1, loss_sum / seen, correct / seen)
-        eval_loss = eval_acc = None
-        if eval is not None and len(eval[0]):
-            logits = predict(model, eval[0], feed=feed)
-            eval_loss = cross_entropy(logits, eval[1])
-            eval_acc = float((logits.argmax(-1) == eval[1]).mean())
-        metrics = EpochMetrics(
-            epoch, step_lr, loss_sum / seen, correct / seen, eval_loss, eval_acc, time.perf_counter() - start
-        )
-        history.append(metrics)
-        bar.end(metrics)
-        if on_epoch is not None:
-            on_epoch(metrics, model)
+    try:
+        for epoch in range(run.epoch, epochs):
+            bar.begin(epoch)
+            start = time.perf_counter()
+            first = run.step if epoch == run.epoch else 0
+            loss_sum, correct, seen = (run.loss_sum, run.correct, run.seen) if first else (0.0, 0.0, 0)
+            step_lr = warmup_cosine(epoch * steps + first, total_steps=total, warmup_steps=warmup, peak_lr=lr)
+            model.train()
+            order = epoch_steps(len(x), batch_size, seed=seed, epoch=epoch, start=first, shuffle=shuffle)
+            with torch.random.fork_rng(devices=[]):
+                for i, idx, rng in order:
+                    torch.manual_seed(dropout_seed(rng))
+                    step_lr = warmup_cosine(epoch * steps + i, total_steps=total, warmup_steps=warmup, peak_lr=lr)
+                    for group in opt.param_groups:
+                        group["lr"] = step_lr
+                    yb = torch.from_numpy(y[idx])
+                    with autocast:
+                        logits = _forward(net, random_shift(x[idx], shift, rng), feed)
+                    loss = F.cross_entropy(logits.float(), yb, label_smoothing=label_smoothing)
+                    opt.zero_grad(set_to_none=True)
+                    loss.backward()
+                    opt.step()
+                    loss_sum += float(loss.detach()) * len(idx)
+                    correct += float((logits.detach().argmax(-1) == yb).sum())
+                    seen += len(idx)
+                    bar.update(i + 1, loss_sum / seen, correct / seen)
+                    if stop is not None and i + 1 < steps and stop():
+                        state = state_at(epoch, i + 1, (loss_sum, correct, seen))
+                        if on_checkpoint is not None:
+                            on_checkpoint(state, model, None)
+                        raise Interrupted(state)
+            eval_loss = eval_acc = None
+            if eval is not None and len(eval[0]):
+                logits = predict(model, eval[0], feed=feed, precision=precision)
+                eval_loss = cross_entropy(logits, eval[1])
+                eval_acc = float((logits.argmax(-1) == eval[1]).mean())
+            metrics = EpochMetrics(
+                epoch, step_lr, loss_sum / seen, correct / seen, eval_loss, eval_acc, time.perf_counter() - start
+            )
+            history.append(metrics)
+            bar.end(metrics)
+            if on_epoch is not None:
+                on_epoch(metrics, model)
+            state = state_at(epoch + 1, 0, (0.0, 0.0, 0))
+            if on_checkpoint is not None:
+                on_checkpoint(state, model, metrics)
+            if stop is not None and epoch + 1 < epochs and stop():
+                raise Interrupted(state)
+    finally:
+        if not isinstance(progress, Progress):
+            bar.close()
     model.eval()
     return history
 
 
-def save(model: nn.Module, path: str | os.PathLike[str], *, extra: dict | None = None) -> Path:
-    """Save ``model`` atomically to the checkpoint folder ``path``, with ``extra`` in its config."""
+def save(
+    model: nn.Module,
+    path: str | os.PathLike[str],
+    *,
+    extra: dict | None = None,
+    optimizer: dict[str, dict[str, np.ndarray]] | None = None,
+) -> Path:
+    """Save ``model`` atomically to the checkpoint folder ``path``, with ``extra`` in its config and the
+    optimizer ``moments`` of a run (:func:`optimizer_state`) when given."""
     ckpt: Checkpoint = to_checkpoint(model)
     ckpt.extra = dict(extra or {})
+    ckpt.optimizer = dict(optimizer or {})
     return save_checkpoint(ckpt, path)

@@ -1,4 +1,5 @@
-"""The checkpoint format: a folder holding ``model.safetensors`` and ``config.json``.
+"""The checkpoint format: a folder holding ``model.safetensors`` and ``config.json`` (and, for a training run,
+``optimizer.safetensors``: AdamW's moments ``mu/KEY`` and ``nu/KEY``, keyed and laid out like the weights).
 
 ``config.json`` names the architecture, its constructor arguments, the tensor layout ('torch' or
 'flax') and the kind of every module, so a checkpoint converts without either framework and loads
@@ -34,6 +35,7 @@ FORMAT = "vit-checkpoint"
 VERSION = 1
 WEIGHTS = "model.safetensors"
 CONFIG = "config.json"
+OPTIMIZER = "optimizer.safetensors"
 
 
 class CheckpointError(ValueError):
@@ -42,7 +44,8 @@ class CheckpointError(ValueError):
 
 @dataclass
 class Checkpoint:
-    """Tensors (numpy, in ``layout``) and the description needed to rebuild the model."""
+    """Tensors (numpy, in ``layout``) and the description needed to rebuild the model; ``optimizer`` holds the
+    moments of a training run (``{"mu": {key: array}, "nu": {key: array}}`` over the trained parameters)."""
 
     arch: str
     config: dict[str, Any]
@@ -50,13 +53,18 @@ class Checkpoint:
     kinds: dict[str, str]
     tensors: dict[str, np.ndarray]
     extra: dict[str, Any] = field(default_factory=dict)
+    optimizer: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
 
     def to_layout(self, layout: str) -> Checkpoint:
-        """This checkpoint with its tensors converted to ``layout``."""
+        """This checkpoint with its tensors (and optimizer moments) converted to ``layout``."""
         if layout == self.layout:
             return self
         tensors = convert(self.tensors, self.kinds, source=self.layout, target=layout)
-        return Checkpoint(self.arch, self.config, layout, self.kinds, tensors, self.extra)
+        moments = {
+            name: convert(values, self.kinds, source=self.layout, target=layout, complete=False)
+            for name, values in self.optimizer.items()
+        }
+        return Checkpoint(self.arch, self.config, layout, self.kinds, tensors, self.extra, moments)
 
 
 def _leftovers(dst: Path, tag: str) -> list[tuple[Path, int]]:
@@ -167,9 +175,14 @@ def save(ckpt: Checkpoint, path: str | os.PathLike[str]) -> Path:
     try:
         tensors = {k: np.ascontiguousarray(v) for k, v in ckpt.tensors.items()}
         save_file(tensors, str(tmp / WEIGHTS), metadata={"format": FORMAT, "layout": ckpt.layout})
+        made = [tmp / WEIGHTS, tmp / CONFIG, tmp]
+        if ckpt.optimizer:
+            moments = {f"{m}/{k}": np.ascontiguousarray(v) for m, d in ckpt.optimizer.items() for k, v in d.items()}
+            save_file(moments, str(tmp / OPTIMIZER), metadata={"format": FORMAT, "layout": ckpt.layout})
+            made.insert(0, tmp / OPTIMIZER)
         (tmp / CONFIG).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
-        for made in (tmp / WEIGHTS, tmp / CONFIG, tmp):
-            plain_mode(made)
+        for path in made:
+            plain_mode(path)
         _replace_dir(tmp, dst)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -208,10 +221,12 @@ def load(path: str | os.PathLike[str], *, arch: str | None = None) -> Checkpoint
     meta = _read_config(src)
     if arch is not None and meta["arch"] != arch:
         raise CheckpointError(f"checkpoint {path} holds architecture {meta['arch']!r}, expected {arch!r}")
-    try:
-        tensors = load_file(str(src / WEIGHTS))
-    except Exception as err:  # safetensors raises its own error types
-        raise CheckpointError(f"cannot read {src / WEIGHTS}: {err}") from None
+    tensors = _read_tensors(src / WEIGHTS)
+    optimizer: dict[str, dict[str, np.ndarray]] = {}
+    if (src / OPTIMIZER).is_file():
+        for key, value in _read_tensors(src / OPTIMIZER).items():
+            name, _, leaf = key.partition("/")
+            optimizer.setdefault(name, {})[leaf] = value
     return Checkpoint(
         arch=meta["arch"],
         config=from_json(meta["config"]),
@@ -219,7 +234,15 @@ def load(path: str | os.PathLike[str], *, arch: str | None = None) -> Checkpoint
         kinds=dict(meta["modules"]),
         tensors=tensors,
         extra=meta.get("extra", {}),
+        optimizer=optimizer,
     )
+
+
+def _read_tensors(path: Path) -> dict[str, np.ndarray]:
+    try:
+        return load_file(str(path))
+    except Exception as err:  # safetensors raises its own error types
+        raise CheckpointError(f"cannot read {path}: {err}") from None
 
 
 def convert_checkpoint(src: str | os.PathLike[str], dst: str | os.PathLike[str], *, to: str) -> Path:

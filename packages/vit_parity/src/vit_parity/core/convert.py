@@ -103,12 +103,15 @@ def _key(path: str, leaf: str) -> str:
     return f"{path}.{leaf}" if path and leaf else path or leaf
 
 
-def convert(tensors: Mapping[str, Array], kinds: Mapping[str, str], *, source: str, target: str) -> dict[str, Array]:
+def convert(
+    tensors: Mapping[str, Array], kinds: Mapping[str, str], *, source: str, target: str, complete: bool = True
+) -> dict[str, Array]:
     """Convert ``tensors`` from the ``source`` layout to the ``target`` layout ('torch' or 'flax').
 
     Every tensor must be consumed by a rule and every rule's tensor present (but for the optional
     leaves: a bias, a norm's affine parameters or statistics); otherwise :class:`ConversionError`
-    lists the unexpected and missing keys.
+    lists the unexpected and missing keys. ``complete=False`` converts a part of a model's tensors
+    (an optimizer's moments of its trained parameters): absent tensors are then allowed.
     """
     for name, layout in (("source", source), ("target", target)):
         if layout not in LAYOUTS:
@@ -140,12 +143,13 @@ def convert(tensors: Mapping[str, Array], kinds: Mapping[str, str], *, source: s
                 consumed.add(key)
                 if target == "torch" and key in tensors:
                     out[key] = tensors[key]
-            elif target == "torch" and with_leaf in found:
+            elif target == "torch" and with_leaf in found and complete:
                 out[key] = make()
     unexpected = sorted(set(tensors) - consumed)
-    if missing or unexpected:
+    if (missing and complete) or unexpected:
         raise ConversionError(
-            f"cannot convert {source} -> {target}: missing keys {sorted(missing)}, unexpected keys {unexpected}"
+            f"cannot convert {source} -> {target}: missing keys {sorted(missing) if complete else []}, "
+            f"unexpected keys {unexpected}"
         )
     return out
 

@@ -1,17 +1,20 @@
 """The framework-free parts of a training loop that both backends run identically.
 
 The learning-rate schedule (linear warmup, then cosine decay to zero), the seeded batch order and
-random shifts, the cross-entropy of numpy logits, the per-epoch record and the progress bar. Both
-backends' ``train`` modules use these, so that the same seed gives the same batches and schedule.
+per-step randomness, the cross-entropy of numpy logits, the per-epoch record, the progress bar, the state
+of a run (:class:`RunState`) and the signals that stop one cleanly. Both backends' ``train`` modules use
+these, so that the same seed gives the same batches and schedule, and a run stopped and resumed anywhere
+ends where an uninterrupted one does.
 """
 
 from __future__ import annotations
 
 import math
+import signal
 import sys
-import time
+import threading
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any, TextIO
 
 import numpy as np
@@ -54,32 +57,47 @@ def cross_entropy(logits: np.ndarray, labels: np.ndarray) -> float:
 
 
 class Progress:
-    """A small progress bar on stderr: ``epoch 2/10 [#####.....] 14/28 loss 0.512 acc 0.843``.
+    """The training progress bar on stderr (tqdm): samples per second, the time left for the run, the running
+    loss and accuracy, and one summary line per epoch (``epoch 2/10: loss 0.512 acc 0.843 | ...``).
 
-    On a terminal it redraws one line per epoch; elsewhere (logs, CI) it prints only each epoch's
-    summary line. ``enabled=False`` silences it.
+    The bar is drawn on a terminal only; elsewhere (logs, CI) only the epoch lines are printed.
+    ``enabled=False`` silences both. ``done`` counts the steps a resumed run already took.
     """
 
-    def __init__(self, epochs: int, steps: int, *, stream: TextIO | None = None, enabled: bool = True) -> None:
-        self.epochs, self.steps, self.enabled = epochs, steps, enabled
+    def __init__(
+        self,
+        epochs: int,
+        steps: int,
+        *,
+        batch_size: int = 1,
+        done: int = 0,
+        stream: TextIO | None = None,
+        enabled: bool = True,
+    ) -> None:
+        self.epochs, self.steps, self.batch_size, self.enabled = epochs, steps, batch_size, enabled
         self.stream = stream if stream is not None else sys.stderr
         self.live = enabled and hasattr(self.stream, "isatty") and self.stream.isatty()
-        self.epoch, self.start = 0, time.perf_counter()
+        self.bar = None
+        if self.live:
+            from tqdm import tqdm
+
+            total = max(epochs * steps - done, 0) * batch_size
+            self.bar = tqdm(
+                total=total, unit="sample", file=self.stream, dynamic_ncols=True, leave=False, mininterval=0.5,
+                bar_format="{desc} {percentage:3.0f}%|{bar}| {rate_fmt} {remaining} left{postfix}",
+            )  # fmt: skip
+        self.epoch = 0
 
     def begin(self, epoch: int) -> None:
-        self.epoch, self.start = epoch, time.perf_counter()
+        self.epoch = epoch
+        if self.bar is not None:
+            self.bar.set_description_str(f"epoch {epoch + 1}/{self.epochs}", refresh=False)
 
-    def update(self, step: int, loss: float, acc: float) -> None:
-        if not self.live:
-            return
-        width = 20
-        done = int(width * step / max(self.steps, 1))
-        rate = step / max(time.perf_counter() - self.start, 1e-9)
-        self.stream.write(
-            f"\repoch {self.epoch + 1}/{self.epochs} [{'#' * done}{'.' * (width - done)}] {step}/{self.steps} "
-            f"loss {loss:.3f} acc {acc:.3f} {rate:.1f} it/s"
-        )
-        self.stream.flush()
+    def update(self, step: int, loss: float, acc: float, samples: int | None = None) -> None:
+        """After step ``step`` (1-based) of the epoch, ``samples`` of them in it (default: the batch size)."""
+        if self.bar is not None:
+            self.bar.set_postfix_str(f"loss {loss:.3f} acc {acc:.3f}", refresh=False)
+            self.bar.update(self.batch_size if samples is None else samples)
 
     def end(self, m: EpochMetrics) -> None:
         if not self.enabled:
@@ -89,8 +107,111 @@ class Progress:
             f"epoch {m.epoch + 1}/{self.epochs}: loss {m.train_loss:.3f} acc {m.train_acc:.3f}{held} "
             f"| lr {m.lr:.2e} | {m.seconds:.1f}s"
         )
-        self.stream.write(("\r\033[K" if self.live else "") + line + "\n")
-        self.stream.flush()
+        if self.bar is not None:
+            self.bar.write(line, file=self.stream)
+        else:
+            self.stream.write(line + "\n")
+            self.stream.flush()
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+@dataclass
+class RunState:
+    """Where a training run stands, all it needs to continue as if never stopped (with the model's weights).
+
+    ``epoch`` is the epoch in progress and ``step`` the number of its steps taken (0: it has not started);
+    ``loss_sum``, ``correct`` and ``seen`` are its running sums. ``optimizer_steps`` counts AdamW's updates and
+    ``moments`` holds its first and second moments, ``{"mu": {key: array}, "nu": {key: array}}``, keyed and laid
+    out like the backend's checkpoint tensors. Nothing random is kept: every step's randomness (batch order,
+    shifts, dropout) is drawn from ``(seed, epoch, step)`` (:func:`step_rng`).
+    """
+
+    epoch: int = 0
+    step: int = 0
+    loss_sum: float = 0.0
+    correct: float = 0.0
+    seen: int = 0
+    optimizer_steps: int = 0
+    moments: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        """Everything but the moments (which are tensors)."""
+        return {k: v for k, v in asdict(self).items() if k != "moments"}
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any], moments: dict[str, dict[str, np.ndarray]] | None = None) -> RunState:
+        fields = ("epoch", "step", "loss_sum", "correct", "seen", "optimizer_steps")
+        return cls(**{k: d[k] for k in fields if k in d}, moments=dict(moments or {}))
+
+
+class Interrupted(Exception):
+    """Training stopped on request (a signal) after a whole step; ``state`` is where it stood."""
+
+    def __init__(self, state: RunState, reason: str = "a stop request") -> None:
+        super().__init__(f"training stopped by {reason} at epoch {state.epoch + 1}, step {state.step}")
+        self.state, self.reason = state, reason
+
+
+class StopSignals:
+    """A context in which SIGINT and SIGTERM ask training to stop after the step in hand rather than kill it.
+
+    ``requested()`` tells whether one arrived (``signal`` is its number); a second SIGINT raises
+    ``KeyboardInterrupt`` at once. Outside the main thread it installs nothing (signals cannot be caught there).
+    """
+
+    def __init__(self) -> None:
+        self.signal: int | None = None
+        self._saved: dict[int, Any] = {}
+
+    def requested(self) -> bool:
+        return self.signal is not None
+
+    @property
+    def name(self) -> str:
+        return signal.Signals(self.signal).name if self.signal is not None else ""
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.signal is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.signal = signum
+
+    def __enter__(self) -> StopSignals:
+        if threading.current_thread() is threading.main_thread():
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                self._saved[signum] = signal.signal(signum, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for signum, handler in self._saved.items():
+            signal.signal(signum, handler)
+        self._saved.clear()
+
+
+def step_rng(seed: int, epoch: int, step: int) -> np.random.Generator:
+    """The generator of step ``step`` of ``epoch``: its shifts and its dropout seed (:func:`dropout_seed`)."""
+    return np.random.default_rng([seed, epoch, step])
+
+
+def dropout_seed(rng: np.random.Generator) -> int:
+    """A 31-bit seed for the step's dropout and other in-model draws (torch's generator, JAX's key)."""
+    return int(rng.integers(2**31))
+
+
+def epoch_steps(
+    n: int, batch_size: int, *, seed: int, epoch: int, start: int = 0, shuffle: bool = True
+) -> Iterator[tuple[int, np.ndarray, np.random.Generator]]:
+    """``(step, sample indices, step generator)`` of the full batches of ``epoch`` from step ``start`` on.
+
+    The order is a permutation drawn from ``(seed, epoch)``; the last partial batch is dropped.
+    """
+    order = batches(n, batch_size, rng=np.random.default_rng([seed, epoch]) if shuffle else None, drop_last=True)
+    for i, idx in enumerate(order):
+        if i >= start:
+            yield i, idx, step_rng(seed, epoch, i)
 
 
 def random_shift(x: np.ndarray, max_shift: int, rng: np.random.Generator) -> np.ndarray:

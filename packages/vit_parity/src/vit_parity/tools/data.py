@@ -3,17 +3,24 @@
 - ``digits``: the 8x8 handwritten digits that ship inside scikit-learn, upsampled to ``size``;
 - ``digits-video``: clips of one of those digits moving across the frame, label the digit;
 - ``shapes-volume``: noisy 3-D volumes of solid shapes (sphere, cube, cylinder, cone, torus), label the shape;
-- a folder of class sub-folders holding images (PNG/JPEG, read with Pillow) or ``.npy`` arrays.
+- a folder of class sub-folders holding one kind of sample: images (PNG/JPEG, read with Pillow), ``.npy``
+  arrays, videos (``.mp4``, ``.avi``, ``.webm``, ``.mov``, read with PyAV) or volumes (NIfTI ``.nii`` /
+  ``.nii.gz`` files read with nibabel, and DICOM series: sub-folders of ``.dcm`` slices read with pydicom).
+  Videos and volumes are read by :mod:`vit_parity.tools.media`, which says how frames are sampled and how
+  volumes are ordered and resampled.
 
 Everything here is deterministic for a seed and framework-free: the backends take these arrays
-(``(n, c, h, w)`` images, ``(n, c, t, h, w)`` videos and volumes) and move the channel axis if they
-need to. Raw values lie in ``[0, 1]`` (images and generated data) or are taken as stored (``.npy``);
-:class:`Preprocess` holds what turns a raw sample into a model input, and travels in checkpoints.
-scikit-learn and Pillow are optional (``pip install 'vit-parity[data]'``) and imported only when needed.
+(``(n, c, h, w)`` images, ``(n, c, t, h, w)`` videos and ``(n, 1, d, h, w)`` volumes) and move the channel
+axis if they need to. Raw values lie in ``[0, 1]`` (images, videos and generated data) or are taken as stored
+(``.npy``, volumes' intensities); :class:`Preprocess` holds what turns a raw sample into a model input, and
+travels in checkpoints. Folder files are decoded up front, in worker processes for large folders of videos
+or volumes (``workers``). The readers' libraries are optional and imported only when needed: scikit-learn
+and Pillow (``pip install 'vit-parity[data]'``), PyAV (``[video]``), nibabel and pydicom (``[medical]``).
 """
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -46,16 +53,23 @@ class DataError(ValueError):
     """Data that cannot be read or used; the message says what to do about it."""
 
 
-def _require(module: str, feature: str) -> Any:
+def _require(module: str, feature: str, *, extra: str = "data", package: str | None = None) -> Any:
+    """Import ``module`` for ``feature``, or raise a :class:`DataError` naming the pip extra that installs it."""
     import importlib
 
     try:
         return importlib.import_module(module)
     except ImportError:
         top = module.split(".")[0]
-        package = {"sklearn": "scikit-learn", "PIL": "pillow"}.get(top, top)
+        pip_name = {"sklearn": "scikit-learn", "PIL": "pillow"}.get(top, top)
+        if extra == "data":
+            raise DataError(
+                f"{feature} needs {pip_name}; install it with `pip install {pip_name}` "
+                "(or `pip install 'vit-parity[data]'`)"
+            ) from None
         raise DataError(
-            f"{feature} needs {package}; install it with `pip install {package}` (or `pip install 'vit-parity[data]'`)"
+            f"{feature} needs {package or pip_name}; install it with `pip install 'vit-parity[{extra}]'` "
+            f"(or `pip install {pip_name}`)"
         ) from None
 
 
@@ -287,16 +301,58 @@ def _image_mode(paths: Sequence[Path]) -> str:
     return "L"
 
 
+_KIND_WORDS = {"image": "images", "array": ".npy arrays", "video": "videos", "volume": "volumes"}
+
+
+def _sample_kind(path: Path) -> str | None:
+    """The kind of sample a class folder's entry holds (None: not a sample)."""
+    from vit_parity.tools import media
+
+    if path.is_file():
+        s = media.suffix(path)
+        if s in IMAGE_SUFFIXES:
+            return "image"
+        if s in ARRAY_SUFFIXES:
+            return "array"
+    return media.kind_of(path)
+
+
+def _grid(size: int | Sequence[int] | None, n: int) -> tuple[int, ...] | None:
+    return None if size is None else (int(size),) * n if isinstance(size, (int, np.integer)) else tuple(size)
+
+
 def folder(
-    path: str | os.PathLike[str], size: int | Sequence[int] | None = None, *, channels: int | None = None
+    path: str | os.PathLike[str],
+    size: int | Sequence[int] | None = None,
+    *,
+    channels: int | None = None,
+    frames: int | None = None,
+    frame_stride: int | None = None,
+    workers: int | None = None,
 ) -> Dataset:
-    """A folder of class sub-folders (sorted names are the classes) of images or ``.npy`` arrays.
+    """A folder of class sub-folders (sorted names are the classes) of images, ``.npy`` arrays, videos or volumes.
 
     Images are read with Pillow, as ``channels`` (1: grayscale, 3: RGB; default: one channel when
     every image is grayscale and three otherwise), resized to ``size`` (default: the first image's
     size). Arrays are single samples shaped ``(h, w)``, ``(t, h, w)`` (one channel) or ``(c, t, h, w)``;
     they are resized to ``size`` when it is given and must otherwise share one shape.
+
+    Videos (``.mp4``, ``.avi``, ``.webm``, ``.mov``) give ``(c, t, h, w)`` in [0, 1]: ``frames`` frames (default 8)
+    sampled uniformly over each clip, or every ``frame_stride``-th frame from the start; RGB unless
+    ``channels=1``; frames scaled to ``size`` (an int, ``(h, w)`` or ``(t, h, w)``; default: the first clip's
+    size). Volumes (``.nii``/``.nii.gz`` files, or sub-folders of ``.dcm`` slices, one DICOM series each) give
+    ``(1, d, h, w)`` raw intensities resampled to ``size`` (an int for a cube or ``(d, h, w)``; default: the
+    first volume's shape); see :mod:`vit_parity.tools.media`.
+
+    Files are decoded up front, by ``workers`` spawned processes, results in file order. By default videos and
+    volumes are decoded in this process unless there are more than 8 and the second one's time says the rest
+    would take over 3 s here: then by up to 4 processes, as many as there are idle CPUs
+    (:func:`vit_parity.tools.media.default_workers`).
+    Images use processes only when ``workers`` asks for them; ``.npy`` arrays are always loaded here. A script
+    that reads with several processes needs an ``if __name__ == "__main__":`` guard.
     """
+    from vit_parity.tools import media
+
     root = Path(path)
     if not root.is_dir():
         raise DataError(
@@ -307,20 +363,29 @@ def folder(
         raise DataError(f"data folder {root} has no class sub-folders; put each class's files in <folder>/<class>/")
     if len(class_dirs) < 2:
         raise DataError(f"data folder {root} has one class ({class_dirs[0].name}); a classifier needs at least two")
-    files: list[tuple[Path, int]] = []
+    files: list[tuple[Path, int, str]] = []
     for label, d in enumerate(class_dirs):
-        found = sorted(p for p in d.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES + ARRAY_SUFFIXES)
+        found = [(p, _sample_kind(p)) for p in sorted(d.iterdir())]
+        found = [(p, kind) for p, kind in found if kind is not None]
         if not found:
+            known = "/".join(IMAGE_SUFFIXES + ARRAY_SUFFIXES + media.VIDEO_SUFFIXES + media.VOLUME_SUFFIXES)
             raise DataError(
-                f"class folder {d} holds no {'/'.join(IMAGE_SUFFIXES + ARRAY_SUFFIXES)} files; add samples or remove it"
+                f"class folder {d} holds no {known} files or folders of .dcm files; add samples or remove it"
             )
-        files += [(p, label) for p in found]
-    kinds = {p.suffix.lower() in ARRAY_SUFFIXES for p, _ in files}
+        files += [(p, label, kind) for p, kind in found]
+    kinds = {kind for _, _, kind in files}
     if len(kinds) > 1:
-        raise DataError(f"data folder {root} mixes images and .npy arrays; keep one kind of sample per folder")
-    paths = [p for p, _ in files]
-    labels = np.array([label for _, label in files], dtype=np.int64)
-    if kinds == {False}:
+        words = [w for k, w in _KIND_WORDS.items() if k in kinds]
+        raise DataError(
+            f"data folder {root} mixes {', '.join(words[:-1])} and {words[-1]}; keep one kind of sample per folder"
+        )
+    kind = kinds.pop()
+    if workers is not None and workers < 1:
+        raise DataError(f"workers must be at least 1, got {workers}")
+    paths = [p for p, _, _ in files]
+    labels = np.array([label for _, label, _ in files], dtype=np.int64)
+    info: dict[str, Any] = {"folder": str(root), "kind": kind}
+    if kind == "image":
         if channels not in (None, 1, 3):
             raise DataError(f"images are read with 1 or 3 channels, not {channels}")
         mode = {1: "L", 3: "RGB"}.get(channels) if channels else _image_mode(paths)
@@ -328,8 +393,8 @@ def folder(
             size = (size, size) if isinstance(size, int) else tuple(size)
         else:
             size = _read_image(paths[0], mode, None).shape[1:]
-        x = np.stack([_read_image(p, mode, size) for p in paths])
-    else:
+        x = np.stack(media.map_files(functools.partial(_read_image, mode=mode, size=size), paths, workers, auto=False))
+    elif kind == "array":
         arrays = [_to_channels_first(_read_array(p)) for p in paths]
         if size is not None:
             n_spatial = arrays[0].ndim - 1
@@ -339,8 +404,33 @@ def folder(
         if len(shapes) > 1:
             raise DataError(f"the arrays in {root} have different shapes {shapes}; give a size to resize them")
         x = np.stack(arrays)
+    elif kind == "video":
+        if channels not in (None, 1, 3):
+            raise DataError(f"videos are read with 1 or 3 channels, not {channels}")
+        grid = _grid(size, 2)
+        if grid is not None and len(grid) == 3:  # (t, h, w)
+            if frames is not None and frames != grid[0]:
+                raise DataError(f"size {grid} asks for {grid[0]} frames but frames is {frames}")
+            frames, grid = grid[0], grid[1:]
+        if grid is not None and len(grid) != 2:
+            raise DataError(f"a video size is an int, (h, w) or (t, h, w), got {size}")
+        grid = grid or media.video_size(paths[0])
+        read = media.reader("video", frames=frames, frame_stride=frame_stride, size=grid, channels=channels)
+        x = media.to_float(np.stack(media.map_files(read, paths, workers)))
+        info.update(frames=int(x.shape[2]), frame_stride=frame_stride)
+    else:
+        if channels not in (None, 1):
+            raise DataError(f"volumes are read with one channel, not {channels}")
+        grid = _grid(size, 3)
+        rest = paths
+        first: list[np.ndarray] = []
+        if grid is None:  # the first volume's shape
+            first = [media.read_volume(paths[0])]
+            grid, rest = first[0].shape[1:], paths[1:]
+        read = media.reader("volume", size=grid)
+        x = np.stack(first + media.map_files(read, rest, workers))
     names = tuple(d.name for d in class_dirs)
-    return Dataset(x.astype(np.float32), labels, names, str(root), {"folder": str(root)})
+    return Dataset(x.astype(np.float32, copy=False), labels, names, str(root), info)
 
 
 def _to_channels_first(arr: np.ndarray) -> np.ndarray:
@@ -358,12 +448,15 @@ def load(
     samples: int | None = None,
     seed: int = 0,
     channels: int | None = None,
+    frame_stride: int | None = None,
+    workers: int | None = None,
 ) -> Dataset:
     """A built-in dataset by name (``digits``, ``digits-video``, ``shapes-volume``) or a data folder.
 
     ``size`` is the side of the generated frames/volumes (folders: the resize target, an int or a
-    tuple), ``frames`` the clip length of ``digits-video``, ``samples`` the number of volumes of
-    ``shapes-volume``, ``seed`` the generator's seed and ``channels`` how to read folder images.
+    tuple), ``frames`` the clip length of ``digits-video`` and of folder videos, ``samples`` the number of
+    volumes of ``shapes-volume``, ``seed`` the generator's seed and ``channels`` how to read folder images
+    and videos; ``frame_stride`` and ``workers`` go to :func:`folder`.
     """
     if name in BUILTIN and size is not None and not isinstance(size, int):
         size = int(size[-1])
@@ -373,7 +466,7 @@ def load(
         return digits_video(size or 16, frames or 8, seed=seed)
     if name == "shapes-volume":
         return shapes_volume(size or 16, samples=samples or 500, seed=seed)
-    return folder(name, size, channels=channels)
+    return folder(name, size, channels=channels, frames=frames, frame_stride=frame_stride, workers=workers)
 
 
 # ----------------------------------------------------------------------------------------- preprocessing
@@ -425,6 +518,8 @@ class Preprocess:
 
 def accepted_inputs(pre: Preprocess) -> str:
     """What :func:`read_sample` takes for a model with preprocessing ``pre``, in words (for error messages)."""
+    from vit_parity.tools import media
+
     shape = (pre.channels, *pre.size)
     arrays = f".npy arrays shaped {shape} (channels first)"
     if pre.channels == 1:
@@ -432,20 +527,29 @@ def accepted_inputs(pre: Preprocess) -> str:
     arrays += ", other sizes resized"
     if len(pre.size) == 2 and pre.channels in (1, 3):
         return f"{'/'.join(IMAGE_SUFFIXES)} images or {arrays}"
-    return arrays
+    files = []
+    if len(pre.size) == 3 and pre.channels in (1, 3):
+        files.append(f"{'/'.join(media.VIDEO_SUFFIXES)} videos ({pre.size[0]} frames sampled uniformly)")
+    if len(pre.size) == 3 and pre.channels == 1:
+        files.append(f"{'/'.join(media.VOLUME_SUFFIXES)} volumes, folders of .dcm slices (a DICOM series)")
+    return ", ".join(files) + f" or {arrays}" if files else arrays
 
 
 def read_sample(path: str | os.PathLike[str], pre: Preprocess) -> np.ndarray:
-    """One raw sample file (image or ``.npy``) as ``(c, *pre.size)`` float32, ready for ``pre(...)``.
+    """One raw sample file (image, ``.npy``, video, volume) as ``(c, *pre.size)`` float32, ready for ``pre(...)``.
 
     Images are converted to the checkpoint's channels (grayscale or RGB) and resized; arrays are
-    ``(*spatial)`` for one channel or ``(c, *spatial)`` and are resized to ``pre.size``. Every error
-    names the file and what this model accepts (:func:`accepted_inputs`).
+    ``(*spatial)`` for one channel or ``(c, *spatial)`` and are resized to ``pre.size``. Videos give
+    ``pre.size[0]`` frames sampled uniformly, scaled to ``pre.size[1:]``; volumes (a NIfTI file or a folder
+    of ``.dcm`` slices) are resampled to ``pre.size``. Every error names the file and what this model
+    accepts (:func:`accepted_inputs`).
     """
+    from vit_parity.tools import media
+
     p = Path(path)
-    if not p.is_file():
-        raise DataError(f"input file {p} not found")
-    suffix = p.suffix.lower()
+    if not p.is_file() and not media.is_dicom_series(p):
+        raise DataError(f"input file {p} not found" + (" (a folder, but without .dcm files)" if p.is_dir() else ""))
+    suffix = media.suffix(p)
     shape = (pre.channels, *pre.size)
     accepts = f"this checkpoint accepts {accepted_inputs(pre)}"
     if suffix in IMAGE_SUFFIXES:
@@ -461,4 +565,22 @@ def read_sample(path: str | os.PathLike[str], pre: Preprocess) -> np.ndarray:
         if arr.ndim != len(pre.size) + 1 or arr.shape[0] != pre.channels:
             raise DataError(f"array {p} has shape {arr.shape}; the model takes {shape}; {accepts}")
         return resize(arr.astype(np.float32), pre.size)
+    kind = media.kind_of(p)
+    if kind == "video":
+        if len(pre.size) != 3 or pre.channels not in (1, 3):
+            raise DataError(f"{p} is a video but the model takes samples shaped {shape}; {accepts}")
+        return _named(p, accepts, media.read_video, p, pre.size[0], size=pre.size[1:], channels=pre.channels)
+    if kind == "volume":
+        if len(pre.size) != 3 or pre.channels != 1:
+            raise DataError(f"{p} is a volume but the model takes samples shaped {shape}; {accepts}")
+        return _named(p, accepts, media.read_volume, p, pre.size)
     raise DataError(f"{p}: unsupported file type {suffix!r}; {accepts}")
+
+
+def _named(path: Path, accepts: str, read: Any, *args: Any, **kwargs: Any) -> np.ndarray:
+    """``read(*args, **kwargs)``, its errors naming ``path`` and what the checkpoint accepts."""
+    try:
+        return read(*args, **kwargs)
+    except DataError as err:
+        msg = str(err)
+        raise DataError((msg if str(path) in msg else f"{path}: {msg}") + f"; {accepts}") from None

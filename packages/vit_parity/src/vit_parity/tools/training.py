@@ -20,6 +20,7 @@ import numpy as np
 from vit_parity.core.checkpoint import plain_mode
 
 __all__ = [
+    "confusion_matrix",
     "constructor_config",
     "per_class_accuracy",
     "softmax",
@@ -42,6 +43,23 @@ def per_class_accuracy(pred: np.ndarray, labels: np.ndarray, n_classes: int) -> 
         mask = labels == c
         out.append(float((pred[mask] == c).mean()) if mask.any() else None)
     return out
+
+
+def confusion_matrix(pred: np.ndarray, labels: np.ndarray, n_classes: int) -> np.ndarray:
+    """Counts of (true class, predicted class): ``[i, j]`` is how many samples of class ``i`` were predicted ``j``
+    (int64, ``(n_classes, n_classes)``; row ``i`` sums to the number of samples of class ``i``).
+
+    Raises ``ValueError`` when the two arrays differ in shape or hold a class outside ``0 .. n_classes - 1``.
+    """
+    pred, labels = np.asarray(pred), np.asarray(labels)
+    if pred.shape != labels.shape:
+        raise ValueError(f"predictions {pred.shape} and labels {labels.shape} differ in shape")
+    for name, v in (("predictions", pred), ("labels", labels)):
+        bad = v[(v < 0) | (v >= n_classes)]
+        if bad.size:
+            raise ValueError(f"{name} hold classes outside 0..{n_classes - 1}: {sorted(set(bad.tolist()))[:5]}")
+    flat = labels.astype(np.int64).ravel() * n_classes + pred.astype(np.int64).ravel()
+    return np.bincount(flat, minlength=n_classes * n_classes).reshape(n_classes, n_classes)
 
 
 def constructor_config(

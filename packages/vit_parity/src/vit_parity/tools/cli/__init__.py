@@ -1,11 +1,12 @@
 """The ``vit`` command: list architectures, describe the environment, check parity, convert checkpoints, train,
-evaluate, predict.
+evaluate, predict, plot a run's curves.
 
 One module per command; this one builds the parser."""
 
 from __future__ import annotations
 
 import argparse
+import sys
 from collections.abc import Sequence
 
 from vit_parity.tools import data
@@ -15,6 +16,7 @@ from vit_parity.tools.cli.evaluate import cmd_eval
 from vit_parity.tools.cli.import_reference import LIBRARIES, cmd_import
 from vit_parity.tools.cli.info import cmd_info, gemm_shape
 from vit_parity.tools.cli.inspect import cmd_check, cmd_list
+from vit_parity.tools.cli.plot import cmd_plot
 from vit_parity.tools.cli.predict import cmd_predict
 from vit_parity.tools.cli.train import cmd_train
 
@@ -43,11 +45,19 @@ def _add_main_job(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--eval-fraction", type=float, default=0.2, help="held-out share of every class")
     g.add_argument("--seed", type=int, default=0, help="seeds the weights, split, batches and generated data")
     g.add_argument("--quiet", action="store_true", help="no progress bar")
+    g = p.add_argument_group("speed")
+    g.add_argument("--threads", type=int, help="CPU cores to run on (default: all the process may use)")
+    g.add_argument("--precision", choices=("fp32", "bf16"), default="fp32", help="bf16: bfloat16 compute, fp32 weights")
+    g.add_argument("--compile", action="store_true", help="torch: train through torch.compile (flax: always jit)")
     g = p.add_argument_group("data")
     g.add_argument(
         "--image-size", type=int, help="side of built-in images, frames, volumes (16); folders: resize target"
     )
-    g.add_argument("--frames", type=int, help="clip length of digits-video (default 8)")
+    g.add_argument("--frames", type=int, help="clip length of digits-video and of video files (default 8)")
+    g.add_argument(
+        "--frame-stride", type=int, help="take every k-th frame of video files instead of sampling --frames uniformly"
+    )
+    g.add_argument("--workers", type=int, help="processes decoding data files (default: up to 4 for large folders)")
     g.add_argument("--samples", type=int, help="number of shapes-volume samples (default 500)")
     g.add_argument("--limit", type=int, help="use at most this many samples (quick runs)")
     g = p.add_argument_group("model size (filled in by name; --set for anything else)")
@@ -76,17 +86,31 @@ def _add_main_job(sub: argparse._SubParsersAction) -> None:
         help="auto: the held-out split when --data is the training data, else all of it",
     )  # fmt: skip
     p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument(
+        "--precision", choices=("fp32", "bf16"), default="fp32",
+        help="bf16: bfloat16 compute (also reports how often it gives the fp32 prediction)",
+    )  # fmt: skip
     p.add_argument("--json", help="also write the results to this JSON file")
+    p.add_argument("--plot", metavar="FILE.png", help="also draw the confusion matrix into this PNG file")
     p.set_defaults(func=cmd_eval)
 
-    p = sub.add_parser("predict", help="top-k classes for image files (.png/.jpg) or arrays (.npy)")
+    p = sub.add_parser("predict", help="top-k classes for image, video or volume files, or arrays (.npy)")
     p.add_argument("checkpoint", help="checkpoint folder (or a `vit train --out` folder)")
-    p.add_argument("files", nargs="+", help="images (.png, .jpg) or .npy arrays (channels first)")
+    p.add_argument(
+        "files", nargs="+",
+        help="images (.png, .jpg), videos (.mp4, .avi, .webm, .mov), volumes (.nii, .nii.gz, a DICOM series "
+        "folder) or .npy arrays (channels first)",
+    )  # fmt: skip
     p.add_argument("--backend", choices=backends, help="default: the checkpoint's")
     p.add_argument("--top-k", type=int, default=3)
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--json", help="also write the predictions to this JSON file")
     p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("plot", help="loss and accuracy curves of a `vit train` run, as a PNG")
+    p.add_argument("run", help="a `vit train --out` folder (reads its metrics.jsonl)")
+    p.add_argument("-o", "--output", metavar="FILE.png", help="where to draw them (default: RUN/curves.png)")
+    p.set_defaults(func=cmd_plot)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -130,5 +154,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
+    args.argv = argv
     return args.func(args)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import importlib.util
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -69,6 +70,23 @@ def pick_backend(requested: str | None, preferred: str = "torch") -> str:
     raise UsageError("no backend is installed; `pip install ./packages/vit_torch` or `pip install ./packages/vit_flax`")
 
 
+def set_threads(threads: int | None, backend: str) -> None:
+    """Run on ``threads`` CPU cores: the process is pinned to that many of its cores (before the backend starts
+    its thread pools, which size themselves by them) and torch's intra-op pool is set to as many threads."""
+    if threads is None:
+        return
+    if threads < 1:
+        raise UsageError(f"--threads must be at least 1, got {threads}")
+    if hasattr(os, "sched_setaffinity"):
+        cores = sorted(os.sched_getaffinity(0))
+        os.sched_setaffinity(0, cores[:threads])
+    os.environ["OMP_NUM_THREADS"] = str(threads)
+    if backend == "torch":
+        import torch
+
+        torch.set_num_threads(threads)
+
+
 def train_module(backend: str):
     return importlib.import_module(f"vit_{backend}.train")
 
@@ -117,12 +135,14 @@ def load_model(backend: str, path: Path):
         ) from None
 
 
-def predict_logits(backend: str, path: Path, x: np.ndarray, n_classes: int, batch_size: int) -> np.ndarray:
+def predict_logits(
+    backend: str, path: Path, x: np.ndarray, n_classes: int, batch_size: int, precision: str = "fp32"
+) -> np.ndarray:
     from vit_parity.tools import adapters
 
     model = load_model(backend, path)
     feed = adapters.feed(spec.arch_of(type(model), backend), backend, model.config)  # e.g. NaViT's lists or packing
-    logits = train_module(backend).predict(model, x, batch_size=batch_size, feed=feed)
+    logits = train_module(backend).predict(model, x, batch_size=batch_size, feed=feed, precision=precision)
     if logits.shape[-1] != n_classes:
         raise UsageError(f"checkpoint {path} has {logits.shape[-1]} outputs but {n_classes} class names")
     return logits

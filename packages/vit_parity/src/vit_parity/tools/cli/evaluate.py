@@ -22,8 +22,9 @@ from vit_parity.tools.cli.common import (
     resolve_checkpoint,
     table,
 )
+from vit_parity.tools.cli.plot import draw_confusion, png_output
 from vit_parity.tools.data import Preprocess
-from vit_parity.tools.training import per_class_accuracy, write_json
+from vit_parity.tools.training import confusion_matrix, per_class_accuracy, write_json
 
 
 def _dataset_name(args: argparse.Namespace, path: Path, stored: dict) -> str:
@@ -52,6 +53,7 @@ def _eval_data(
     if same:
         dataset = data.load(
             name, size=stored.get("size") or pre.size, frames=stored.get("frames"),
+            frame_stride=stored.get("frame_stride"),
             samples=stored.get("samples"), seed=stored.get("seed", 0), channels=pre.channels,
         ).limit(stored.get("limit"), stored.get("seed", 0))  # fmt: skip
     else:
@@ -77,6 +79,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def _eval(args: argparse.Namespace) -> int:
+    plot = png_output(args.plot, "--plot", "vit eval --plot") if args.plot else None
     path = resolve_checkpoint(args.checkpoint)
     meta, classes, pre = read_trained(path)
     backends = list(spec.BACKENDS) if args.backend == "both" else [pick_backend(args.backend, meta["layout"])]
@@ -97,13 +100,14 @@ def _eval(args: argparse.Namespace) -> int:
     results: dict[str, dict] = {}
     logits: dict[str, np.ndarray] = {}
     for b in backends:
-        logits[b] = predict_logits(b, path, x, len(classes), args.batch_size)
+        logits[b] = predict_logits(b, path, x, len(classes), args.batch_size, args.precision)
         pred = logits[b].argmax(-1)
         per_class = per_class_accuracy(pred, labels, len(classes))
         results[b] = {
             "accuracy": float((pred == labels).mean()),
             "loss": cross_entropy(logits[b], labels),
             "per_class": dict(zip(classes, per_class)),
+            "confusion": confusion_matrix(pred, labels, len(classes)).tolist(),  # rows: true class
         }
     print(f"{meta['arch']} checkpoint {path} on {name} ({split} split, {len(labels)} samples)")
     counts = np.bincount(labels, minlength=len(classes))
@@ -113,9 +117,13 @@ def _eval(args: argparse.Namespace) -> int:
     ]
     rows.append(("all", str(len(labels)), *(f"{results[b]['accuracy']:.4f}" for b in backends)))
     table(("class", "samples", *(f"{b} accuracy" for b in backends)), rows)
+    if plot is not None:
+        title = f"{meta['arch']} on {name} ({split} split, {len(labels)} samples)"
+        confusion = {b: np.array(results[b]["confusion"]) for b in backends}
+        print(f"confusion matrix: {draw_confusion(confusion, classes, plot, title)}")
     report: dict[str, object] = {
         "checkpoint": str(path), "arch": meta["arch"], "data": name, "split": split,
-        "samples": len(labels), "backends": results,
+        "samples": len(labels), "classes": classes, "precision": args.precision, "backends": results,
     }  # fmt: skip
     if warning:
         report["warning"] = warning
@@ -127,6 +135,14 @@ def _eval(args: argparse.Namespace) -> int:
         report["agreement"] = {"same_predictions": agree, "samples": len(labels), "max_abs_logit_diff": diff}
         print(f"torch and flax give the same prediction on {agree}/{len(labels)} samples (max |logit diff| {diff:.1e})")
         status = 0 if agree == len(labels) else 1
+    if args.precision != "fp32":
+        report["fp32_agreement"] = {}
+        for b in backends:
+            same = int(
+                (predict_logits(b, path, x, len(classes), args.batch_size).argmax(-1) == logits[b].argmax(-1)).sum()
+            )
+            report["fp32_agreement"][b] = same / len(labels)
+            print(f"{b} in {args.precision} gives the fp32 prediction on {same}/{len(labels)} samples")
     if args.json:
         write_json(args.json, report)
     return status

@@ -6,6 +6,7 @@ import argparse
 import importlib
 import json
 import os
+import shlex
 import shutil
 import sys
 import tempfile
@@ -18,7 +19,7 @@ from vit_parity.core import checkpoint as ckpt_io
 from vit_parity.core import spec
 from vit_parity.core.config import to_json
 from vit_parity.core.convert import ConversionError
-from vit_parity.core.loop import EpochMetrics
+from vit_parity.core.loop import EpochMetrics, Interrupted, RunState, StopSignals
 from vit_parity.tools import adapters, data
 from vit_parity.tools.cli.common import (
     RUN_CHECKPOINT,
@@ -30,9 +31,11 @@ from vit_parity.tools.cli.common import (
     one_line,
     pick_backend,
     read_trained,
+    set_threads,
     train_module,
 )
 from vit_parity.tools.data import Preprocess
+from vit_parity.tools.runlog import write_tensorboard
 from vit_parity.tools.training import per_class_accuracy, write_json, write_jsonl
 
 
@@ -156,8 +159,10 @@ def _train(args: argparse.Namespace) -> int:
     options = _options(args)
     out = Path(args.out)
     replace = _check_out(out, resume=args.resume, overwrite=args.overwrite)
+    set_threads(args.threads, backend)
     train_mod = train_module(backend)
-    dataset = data.load(args.data, size=args.image_size, frames=args.frames, samples=args.samples, seed=args.seed)
+    dataset = data.load(args.data, size=args.image_size, frames=args.frames, samples=args.samples, seed=args.seed,
+                        frame_stride=args.frame_stride, workers=args.workers)  # fmt: skip
     dataset = dataset.limit(args.limit, args.seed)
     _check_fits(arch, dataset)
     train_set, eval_set = dataset.split(args.eval_fraction, args.seed)
@@ -184,7 +189,7 @@ def _train(args: argparse.Namespace) -> int:
         raise UsageError(f"cannot build {arch.name!r}: {one_line(err)}; adjust the size options or --set") from None
     feed = adapter.feed(backend, model.config)
 
-    start_epoch, history = 0, []
+    run, history = RunState(), []
     if args.resume:
         if to_json(model.config) != meta["config"]:
             diff = sorted(k for k in set(meta["config"]) | set(model.config)
@@ -193,19 +198,20 @@ def _train(args: argparse.Namespace) -> int:
                 f"{out / RUN_CHECKPOINT} was trained with other model options (differing: {diff}); "
                 "repeat the original options or drop --resume"
             )
-        importlib.import_module(f"vit_{backend}").load_weights(model, out / RUN_CHECKPOINT)
-        start_epoch = int(meta["extra"].get("train", {}).get("epoch", -1)) + 1
+        run = _run_state(out / RUN_CHECKPOINT, backend, model)
         if (out / RUN_METRICS).is_file():
-            history = json.loads((out / RUN_METRICS).read_text()).get("epochs", [])[:start_epoch]
+            history = json.loads((out / RUN_METRICS).read_text()).get("epochs", [])[: run.epoch]
 
     x_train, x_eval = pre(train_set.x), pre(eval_set.x)
     hparams = {
         "backend": backend, "epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr,
         "weight_decay": args.weight_decay, "warmup_epochs": args.warmup_epochs,
         "label_smoothing": args.label_smoothing, "shift": args.shift, "seed": args.seed,
+        "precision": args.precision, "compile": args.compile, "threads": args.threads,
     }  # fmt: skip
     data_info = {
-        "name": args.data, "size": args.image_size, "frames": args.frames, "samples": args.samples,
+        "name": args.data, "size": args.image_size, "frames": args.frames, "frame_stride": args.frame_stride,
+        "samples": args.samples,
         "seed": args.seed, "limit": args.limit, "eval_fraction": args.eval_fraction,
         "train_samples": len(train_set), "eval_samples": len(eval_set),
     }  # fmt: skip
@@ -219,25 +225,42 @@ def _train(args: argparse.Namespace) -> int:
     report = {"arch": arch.name, "config": to_json(model.config), "data": data_info, "train": hparams}
     folder = _RunFolder(out, replace=replace)
 
-    def on_epoch(m: EpochMetrics, model: object) -> None:
-        history.append(m.to_json())
+    def on_checkpoint(state: RunState, model: object, m: EpochMetrics | None) -> None:
+        if m is not None:
+            history.append(m.to_json())
         extra = {
             "classes": list(dataset.classes), "preprocess": pre.to_json(), "data": data_info,
-            "train": {**hparams, "epoch": m.epoch}, "metrics": m.to_json(),
+            "train": {**hparams, "epoch": state.epoch - 1}, "run": state.to_json(),
         }  # fmt: skip
-        train_mod.save(model, folder.root / RUN_CHECKPOINT, extra=extra)
-        write_json(folder.root / RUN_METRICS, {**report, "epochs": history, "complete": m.epoch + 1 >= args.epochs})
+        if history:
+            extra["metrics"] = history[-1]
+        train_mod.save(model, folder.root / RUN_CHECKPOINT, extra=extra, optimizer=state.moments)
+        complete = state.epoch >= args.epochs
+        write_json(folder.root / RUN_METRICS, {**report, "epochs": history, "complete": complete})
         write_jsonl(folder.root / RUN_EPOCHS, history)
+        if m is not None:
+            write_tensorboard(folder.root, history)  # when the tensorboard package is installed
         folder.commit()
 
     started = time.perf_counter()
     try:
-        train_mod.fit(
-            model, (x_train, train_set.y), (x_eval, eval_set.y) if len(eval_set) else None,
-            epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
-            warmup_epochs=args.warmup_epochs, label_smoothing=args.label_smoothing, shift=args.shift,
-            seed=args.seed, start_epoch=start_epoch, feed=feed, on_epoch=on_epoch, progress=not args.quiet,
-        )  # fmt: skip
+        with StopSignals() as signals:
+            train_mod.fit(
+                model, (x_train, train_set.y), (x_eval, eval_set.y) if len(eval_set) else None,
+                epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
+                warmup_epochs=args.warmup_epochs, label_smoothing=args.label_smoothing, shift=args.shift,
+                seed=args.seed, resume=run, feed=feed, precision=args.precision, compile=args.compile,
+                on_checkpoint=on_checkpoint, stop=signals.requested, progress=not args.quiet,
+            )  # fmt: skip
+    except Interrupted as stopped:
+        lead = "\n" if sys.stderr.isatty() else ""  # end the progress bar's line
+        state = stopped.state
+        print(
+            f"{lead}vit train: stopped by {signals.name} at epoch {state.epoch + 1}, step {state.step}; the run is "
+            f"saved in {out / RUN_CHECKPOINT}; continue it with: {_resume_command(args)}",
+            file=sys.stderr,
+        )
+        return 128 + (signals.signal or 2)
     except KeyboardInterrupt:
         replaced = folder.staging is not None
         folder.abandon()
@@ -255,7 +278,7 @@ def _train(args: argparse.Namespace) -> int:
     seconds = time.perf_counter() - started
     summary: dict[str, object] = {"train_seconds": round(seconds, 2)}
     if len(eval_set):
-        logits = train_mod.predict(model, x_eval, feed=feed)
+        logits = train_mod.predict(model, x_eval, feed=feed, precision=args.precision)
         pred = logits.argmax(-1)
         per_class = per_class_accuracy(pred, eval_set.y, len(dataset.classes))
         summary.update(
@@ -267,3 +290,26 @@ def _train(args: argparse.Namespace) -> int:
     held = f"held-out accuracy {summary['accuracy']:.4f} on {len(eval_set)} samples, " if len(eval_set) else ""
     print(f"{held}{seconds:.0f}s; checkpoint {ckpt_dir}, metrics {metrics_path}")
     return 0
+
+
+def _run_state(path: Path, backend: str, model: object) -> RunState:
+    """Load the run's weights into ``model`` and return where the run stands (optimizer moments included).
+
+    A checkpoint from before runs recorded their state resumes at the epoch after its last, with a new
+    optimizer; one saved by the other backend has its moments converted."""
+    ckpt = ckpt_io.load(path)
+    importlib.import_module(f"vit_{backend}.checkpoint").load_state(model, ckpt)
+    if "run" not in ckpt.extra:
+        epoch = int(ckpt.extra.get("train", {}).get("epoch", -1)) + 1
+        print(
+            f"vit train: {path} holds no optimizer state; resuming at epoch {epoch + 1} with a new one", file=sys.stderr
+        )
+        return RunState(epoch=epoch)
+    return RunState.from_json(ckpt.extra["run"], ckpt.to_layout(backend).optimizer)
+
+
+def _resume_command(args: argparse.Namespace) -> str:
+    """The command line that continues this run."""
+    argv = list(getattr(args, "argv", None) or sys.argv[1:])
+    argv = [a for a in argv if a != "--overwrite"]
+    return shlex.join(["vit", *argv, *([] if "--resume" in argv else ["--resume"])])
