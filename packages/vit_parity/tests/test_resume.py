@@ -26,8 +26,7 @@ TINY = ["--arch", "vit", "--data", "digits", "--limit", "240", "--image-size", "
         "--depth", "1", "--heads", "2", "--dropout", "0.1", "--emb-dropout", "0.1", "--shift", "1", "--batch-size", "8",
         "--epochs", "4", "--lr", "3e-3"]  # fmt: skip
 VIT = dict(image_size=8, patch_size=4, num_classes=3, dim=16, depth=1, heads=2, mlp_dim=32, dim_head=8)
-# the default GEMM path in every process: the automatic one picks per process, by timing
-ENV = {**os.environ, "VIT_TORCH_CPU_GEMM": "default", "PYTHONUNBUFFERED": "1"}
+ENV = {**os.environ, "PYTHONUNBUFFERED": "1"}
 
 
 def vit(*argv: object) -> subprocess.Popen:
@@ -65,8 +64,8 @@ def stopped_run(run: Path) -> int:
 
 
 def test_a_torch_run_stopped_by_sigterm_resumes_to_the_same_weights(tmp_path: Path) -> None:
-    """Three processes (on one core each, the default GEMM path): straight, stopped by SIGTERM (within epoch 2
-    or at its start, wherever the signal lands), resumed."""
+    """Three processes (one thread each): straight, stopped by SIGTERM (within epoch 2 or at its start, wherever
+    the signal lands), resumed (adopting the first run's GEMM path decisions)."""
     straight, stopped = tmp_path / "straight", tmp_path / "stopped"
     args = [*TINY, "--backend", "torch", "--threads", "1"]
     whole = vit("train", *args, "--out", straight, "--quiet")
@@ -82,6 +81,7 @@ def test_a_torch_run_stopped_by_sigterm_resumes_to_the_same_weights(tmp_path: Pa
     assert "vit train: stopped by SIGTERM at epoch 2, step" in err, err
     assert err.splitlines()[-1].endswith(f"--out {stopped} --resume"), err
     stopped_run(stopped)
+    assert "gemm" in ckpt_io.load(stopped / "checkpoint").extra["run"]["numerics"]
     resumed = vit("train", *args, "--out", stopped, "--quiet", "--resume")
     assert resumed.wait() == 0, resumed.stderr.read()
     assert whole.wait() == 0, whole.stderr.read()

@@ -77,6 +77,19 @@ def test_decide_reports_the_path_of_a_shape(monkeypatch: pytest.MonkeyPatch) -> 
 
 
 @needs_onednn
+def test_adopted_decisions_are_taken_without_measuring(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A resumed training run adopts its first run's decisions, so its products take the same paths."""
+    monkeypatch.delenv(gemm.ENV, raising=False)
+    monkeypatch.setattr(gemm, "_benchmark", lambda op, m, k, n: pytest.fail("measured an adopted shape"))
+    gemm.clear()
+    gemm.adopt({("forward", 300, 300, 300): "onednn", ("grad_weight", 300, 300, 300): "default"})
+    assert gemm.decide("forward", 300, 300, 300) == "onednn" and gemm.decide("grad_weight", 300, 300, 300) == "default"
+    with pytest.raises(ValueError, match="not a GEMM decision"):
+        gemm.adopt({("forward", 1, 2, 3): "fast"})
+    gemm.clear()
+
+
+@needs_onednn
 def test_env_override_picks_the_path(monkeypatch: pytest.MonkeyPatch) -> None:
     x, w, b = _leaves(*_operands((5, 12), True))
     monkeypatch.setenv(gemm.ENV, "onednn")

@@ -72,6 +72,15 @@ def decisions() -> dict[tuple[str, int, int, int], str]:
     return dict(_DECISIONS)
 
 
+def adopt(earlier: dict[tuple[str, int, int, int], str]) -> None:
+    """Take ``earlier`` ``auto`` decisions (a resumed training run's) so the same products take the same paths
+    as before: the paths give last-bit differences, and a resumed run must compute as the run it continues."""
+    for (op, m, k, n), path in earlier.items():
+        if op not in OPS or path not in ("onednn", "default"):
+            raise ValueError(f"not a GEMM decision: {(op, m, k, n)!r} -> {path!r}")
+        _DECISIONS[(op, int(m), int(k), int(n))] = path
+
+
 def decide(op: str, m: int, k: int, n: int) -> str:
     """The path product ``op`` (one of :data:`OPS`) of shape ``(m, k) @ (k, n)`` takes on plain float32 CPU
     operands under the current mode: ``"onednn"`` or ``"default"`` (``auto`` measures it now if it has not yet)."""

@@ -40,6 +40,7 @@ from vit_parity.core.loop import (
     random_shift,
     warmup_cosine,
 )
+from vit_torch import gemm
 from vit_torch.checkpoint import module_kinds, to_checkpoint
 from vit_torch.init import init_weights
 
@@ -203,6 +204,7 @@ def fit(
     opt = optimizer(model, lr=lr, weight_decay=weight_decay)
     if run.moments:
         load_optimizer_state(opt, model, run.optimizer_steps, run.moments)
+    gemm.adopt({tuple(key): path for *key, path in run.numerics.get("gemm", [])})
     backend = {"backend": compile} if isinstance(compile, str) else {}
     net = torch.compile(model, **backend) if compile else model
     autocast = _autocast(precision)
@@ -213,7 +215,8 @@ def fit(
 
     def state_at(epoch: int, step: int, sums: tuple[float, float, int]) -> RunState:
         count, moments = optimizer_state(opt, model)
-        return RunState(epoch, step, *sums, optimizer_steps=count, moments=moments)
+        paths = [[*key, path] for key, path in sorted(gemm.decisions().items())]
+        return RunState(epoch, step, *sums, optimizer_steps=count, moments=moments, numerics={"gemm": paths})
 
     history: list[EpochMetrics] = []
     try:

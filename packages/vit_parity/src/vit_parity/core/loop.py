@@ -126,8 +126,10 @@ class RunState:
     ``epoch`` is the epoch in progress and ``step`` the number of its steps taken (0: it has not started);
     ``loss_sum``, ``correct`` and ``seen`` are its running sums. ``optimizer_steps`` counts AdamW's updates and
     ``moments`` holds its first and second moments, ``{"mu": {key: array}, "nu": {key: array}}``, keyed and laid
-    out like the backend's checkpoint tensors. Nothing random is kept: every step's randomness (batch order,
-    shifts, dropout) is drawn from ``(seed, epoch, step)`` (:func:`step_rng`).
+    out like the backend's checkpoint tensors. ``numerics`` records how the backend chose to compute, where that
+    choice is made at run time (vit_torch: the GEMM path of each product shape), so a resumed run computes alike.
+    Nothing random is kept: every step's randomness (batch order, shifts, dropout) is drawn from
+    ``(seed, epoch, step)`` (:func:`step_rng`).
     """
 
     epoch: int = 0
@@ -137,6 +139,7 @@ class RunState:
     seen: int = 0
     optimizer_steps: int = 0
     moments: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
+    numerics: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         """Everything but the moments (which are tensors)."""
@@ -144,7 +147,7 @@ class RunState:
 
     @classmethod
     def from_json(cls, d: dict[str, Any], moments: dict[str, dict[str, np.ndarray]] | None = None) -> RunState:
-        fields = ("epoch", "step", "loss_sum", "correct", "seen", "optimizer_steps")
+        fields = ("epoch", "step", "loss_sum", "correct", "seen", "optimizer_steps", "numerics")
         return cls(**{k: d[k] for k in fields if k in d}, moments=dict(moments or {}))
 
 

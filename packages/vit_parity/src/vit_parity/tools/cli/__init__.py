@@ -46,7 +46,7 @@ def _add_main_job(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--seed", type=int, default=0, help="seeds the weights, split, batches and generated data")
     g.add_argument("--quiet", action="store_true", help="no progress bar")
     g = p.add_argument_group("speed")
-    g.add_argument("--threads", type=int, help="CPU cores to run on (default: all the process may use)")
+    g.add_argument("--threads", type=int, help="CPU threads to compute on (default: as many as the process has cores)")
     g.add_argument("--precision", choices=("fp32", "bf16"), default="fp32", help="bf16: bfloat16 compute, fp32 weights")
     g.add_argument("--compile", action="store_true", help="torch: train through torch.compile (flax: always jit)")
     g = p.add_argument_group("data")

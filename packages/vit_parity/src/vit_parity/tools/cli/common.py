@@ -71,20 +71,22 @@ def pick_backend(requested: str | None, preferred: str = "torch") -> str:
 
 
 def set_threads(threads: int | None, backend: str) -> None:
-    """Run on ``threads`` CPU cores: the process is pinned to that many of its cores (before the backend starts
-    its thread pools, which size themselves by them) and torch's intra-op pool is set to as many threads."""
+    """Compute on ``threads`` CPU threads: torch's intra-op pool is set to that many; XLA sizes its pool by the
+    cores the process may run on, so a flax run is pinned to ``threads`` of them (chosen by process id, so that
+    concurrent runs spread over the machine). Call it before the backend computes anything."""
     if threads is None:
         return
     if threads < 1:
         raise UsageError(f"--threads must be at least 1, got {threads}")
-    if hasattr(os, "sched_setaffinity"):
-        cores = sorted(os.sched_getaffinity(0))
-        os.sched_setaffinity(0, cores[:threads])
     os.environ["OMP_NUM_THREADS"] = str(threads)
     if backend == "torch":
         import torch
 
         torch.set_num_threads(threads)
+    elif hasattr(os, "sched_setaffinity"):
+        cores = sorted(os.sched_getaffinity(0))
+        first = os.getpid() % len(cores)
+        os.sched_setaffinity(0, (cores[first:] + cores[:first])[:threads])
 
 
 def train_module(backend: str):
