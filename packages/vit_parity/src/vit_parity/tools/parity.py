@@ -8,8 +8,9 @@ outputs and the updated running statistics must agree as well.
 from __future__ import annotations
 
 import contextlib
+import copy
 import inspect
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -117,6 +118,23 @@ def run_case(
 ) -> list[Diff]:
     """Compare the logits and every labelled feature (each block's output, pre-logits) of both backends on
     ``case``; ``tamper`` may alter the flax model."""
+
+    return run_case_with_teeth(spec, case, seed=seed, rtol=rtol, atol=atol, tamper=tamper)[0]
+
+
+def run_case_with_teeth(
+    spec: ArchSpec,
+    case: Case,
+    torch_tampers: Mapping[str, Callable[[Any], None]] | None = None,
+    *,
+    seed: int = 0,
+    rtol: float = RTOL,
+    atol: float = ATOL,
+    tamper: Callable[[Any], None] | None = None,
+) -> tuple[list[Diff], dict[str, list[Diff]]]:
+    """:func:`run_case`, and the same comparison of the flax model's outputs (computed once) with a copy of the
+    torch model altered by each of ``torch_tampers`` (a wrong eps, another GELU): the check has teeth when each of
+    those fails. Returns the diffs and, per tamper, its diffs."""
     import jax.numpy as jnp
     import torch
 
@@ -125,10 +143,28 @@ def run_case(
         tamper(flax_model)
     t_in = map_arrays(torch.from_numpy, case.sample("torch", seed))
     f_in = map_arrays(jnp.asarray, case.sample("flax", seed))
-    diffs = compare_outputs(case, torch_model, flax_model, t_in, f_in, rtol=rtol, atol=atol)
-    if has_batchnorm(torch_model):
+    flax_once = _Once(flax_model)
+    diffs = compare_outputs(case, torch_model, flax_once, t_in, f_in, rtol=rtol, atol=atol)
+    tampered = {}
+    for name, alter in (torch_tampers or {}).items():
+        model = copy.deepcopy(torch_model)
+        alter(model)
+        tampered[name] = compare_outputs(case, model, flax_once, t_in, f_in, rtol=rtol, atol=atol)
+    if has_batchnorm(torch_model):  # last: it updates both models' running statistics
         diffs += batchnorm_train_step(case, torch_model, flax_model, t_in, f_in, rtol=rtol, atol=atol)
-    return diffs
+    return diffs, tampered
+
+
+class _Once:
+    """A model whose first call's result every later call returns (the flax side, compared more than once)."""
+
+    def __init__(self, model: Any) -> None:
+        self.model, self.result = model, None
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        if self.result is None:
+            self.result = self.model(*args, **kwargs)
+        return self.result
 
 
 def compare_outputs(
