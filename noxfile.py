@@ -19,7 +19,7 @@ CORE = "./packages/vit_parity"
 TORCH = "./packages/vit_torch"
 FLAX = "./packages/vit_flax"
 # Two pytest workers: XLA and inductor compile on one core each, so the test runs use both cores.
-PYTEST = ("pytest", "-n", "2")
+PYTEST = ("pytest", "-n", "2", "--dist", "worksteal")
 # The test runs compile hundreds of small models and run each a few times: XLA's backend (LLVM) optimizations cost
 # half of every compilation's time and buy nothing there.
 FAST_COMPILE = {"XLA_FLAGS": "--xla_backend_optimization_level=0"}

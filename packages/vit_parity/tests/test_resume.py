@@ -9,6 +9,7 @@ import os
 import signal
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -37,6 +38,20 @@ def vit(*argv: object) -> subprocess.Popen:
     )  # fmt: skip
 
 
+@pytest.fixture(scope="module")
+def straight(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Path]:
+    """The run never stopped, trained in this process (one torch thread, as the other processes use), per backend."""
+    runs: dict[str, Path] = {}
+
+    def run(backend: str) -> Path:
+        if backend not in runs:
+            runs[backend] = tmp_path_factory.mktemp(f"straight-{backend}") / "run"
+            assert main(["train", *TINY, "--backend", backend, "--quiet", "--out", str(runs[backend])]) == 0
+        return runs[backend]
+
+    return run
+
+
 def weights(run: Path) -> dict[str, np.ndarray]:
     return ckpt_io.load(run / "checkpoint").tensors
 
@@ -63,12 +78,13 @@ def stopped_run(run: Path) -> int:
     return state.extra["run"]["step"]
 
 
-def test_a_torch_run_stopped_by_sigterm_resumes_to_the_same_weights(tmp_path: Path) -> None:
-    """Three processes (one thread each): straight, stopped by SIGTERM (within epoch 2 or at its start, wherever
-    the signal lands), resumed (adopting the first run's GEMM path decisions)."""
-    straight, stopped = tmp_path / "straight", tmp_path / "stopped"
+def test_a_torch_run_stopped_by_sigterm_resumes_to_the_same_weights(
+    straight: Callable[[str], Path], tmp_path: Path
+) -> None:
+    """Two more processes (one thread each): stopped by SIGTERM (within epoch 2 or at its start, wherever the
+    signal lands), then resumed (adopting the first run's GEMM path decisions)."""
+    stopped = tmp_path / "stopped"
     args = [*TINY, "--backend", "torch", "--threads", "1"]
-    whole = vit("train", *args, "--out", straight, "--quiet")
     run = vit("train", *args, "--out", stopped)  # not quiet: its epoch lines tell where it is
     lines = []
     for line in run.stderr:
@@ -84,19 +100,22 @@ def test_a_torch_run_stopped_by_sigterm_resumes_to_the_same_weights(tmp_path: Pa
     assert "gemm" in ckpt_io.load(stopped / "checkpoint").extra["run"]["numerics"]
     resumed = vit("train", *args, "--out", stopped, "--quiet", "--resume")
     assert resumed.wait() == 0, resumed.stderr.read()
-    assert whole.wait() == 0, whole.stderr.read()
-    same_runs(straight, stopped)
+    same_runs(straight("torch"), stopped)
 
 
 @pytest.mark.parametrize("backend", ["torch", "flax"])
 def test_a_run_stopped_by_sigint_within_an_epoch_resumes_to_the_same_weights(
-    backend: str, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+    backend: str,
+    straight: Callable[[str], Path],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """In this process (flax compiles once): a SIGINT arrives during the 30th step, the 7th of epoch 2."""
     train = vit_torch.train if backend == "torch" else vit_flax.train
-    straight, stopped = tmp_path / "straight", tmp_path / "stopped"
+    stopped = tmp_path / "stopped"
     args = [*TINY, "--backend", backend, "--quiet"]
-    assert main(["train", *args, "--out", str(straight)]) == 0
+    whole = straight(backend)
     shift, calls = train.random_shift, {"n": 0}
 
     def interrupt_in_step_30(*a: object, **k: object) -> np.ndarray:
@@ -111,7 +130,7 @@ def test_a_run_stopped_by_sigint_within_an_epoch_resumes_to_the_same_weights(
     assert stopped_run(stopped) == 7
     monkeypatch.setattr(train, "random_shift", shift)
     assert main(["train", *args, "--out", str(stopped), "--resume"]) == 0
-    same_runs(straight, stopped)
+    same_runs(whole, stopped)
 
 
 def test_optimizer_moments_are_saved_and_convert_between_backends(tmp_path: Path) -> None:
