@@ -14,7 +14,8 @@ nox.options.sessions = ["tests_torch", "tests_flax", "parity", "lint"]
 nox.options.reuse_existing_virtualenvs = True
 nox.options.error_on_missing_interpreters = True
 
-PIN = ("-c", "constraints.txt")
+# --no-compile: pip byte-compiles every module it installs (a minute for torch alone); imports compile what they use
+PIN = ("--no-compile", "-c", "constraints.txt")
 CORE = "./packages/vit_parity"
 TORCH = "./packages/vit_torch"
 FLAX = "./packages/vit_flax"
@@ -127,7 +128,7 @@ def lint(session: nox.Session) -> None:
     session.run("ruff", "format", "--check", ".")
 
 
-BENCH_PIN = ("-c", "bench/constraints.txt")
+BENCH_PIN = ("--no-compile", "-c", "bench/constraints.txt")
 
 
 @nox.session
