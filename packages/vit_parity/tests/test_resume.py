@@ -21,6 +21,7 @@ from cli_helpers import one_thread  # noqa: F401 (autouse)
 import vit_flax.train
 import vit_torch.train
 from vit_parity.core import checkpoint as ckpt_io
+from vit_parity.core import loop
 from vit_parity.tools.cli import main
 
 TINY = ["--arch", "vit", "--data", "digits", "--limit", "240", "--image-size", "8", "--patch-size", "4", "--dim", "16",
@@ -112,11 +113,10 @@ def test_a_run_stopped_by_sigint_within_an_epoch_resumes_to_the_same_weights(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """In this process (flax compiles once): a SIGINT arrives during the 30th step, the 7th of epoch 2."""
-    train = vit_torch.train if backend == "torch" else vit_flax.train
     stopped = tmp_path / "stopped"
     args = [*TINY, "--backend", backend, "--quiet"]
     whole = straight(backend)
-    shift, calls = train.random_shift, {"n": 0}
+    shift, calls = loop.random_shift, {"n": 0}  # the epoch loop both backends run shifts every batch
 
     def interrupt_in_step_30(*a: object, **k: object) -> np.ndarray:
         calls["n"] += 1
@@ -124,11 +124,11 @@ def test_a_run_stopped_by_sigint_within_an_epoch_resumes_to_the_same_weights(
             os.kill(os.getpid(), signal.SIGINT)
         return shift(*a, **k)
 
-    monkeypatch.setattr(train, "random_shift", interrupt_in_step_30)
+    monkeypatch.setattr(loop, "random_shift", interrupt_in_step_30)
     assert main(["train", *args, "--out", str(stopped)]) == 128 + signal.SIGINT
     assert "vit train: stopped by SIGINT at epoch 2, step 7;" in capsys.readouterr().err
     assert stopped_run(stopped) == 7
-    monkeypatch.setattr(train, "random_shift", shift)
+    monkeypatch.setattr(loop, "random_shift", shift)
     assert main(["train", *args, "--out", str(stopped), "--resume"]) == 0
     same_runs(whole, stopped)
 

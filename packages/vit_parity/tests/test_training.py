@@ -42,7 +42,7 @@ def test_progress_prints_epoch_lines_when_not_a_terminal() -> None:
     out = io.StringIO()
     bar = Progress(2, 5, stream=out)
     bar.begin(0)
-    bar.update(3, 1.0, 0.5)  # no live redraw off a terminal
+    bar.update(1.0, 0.5)  # no live redraw off a terminal
     bar.end(EpochMetrics(0, 1e-3, 1.25, 0.5, 1.5, 0.25, 2.0))
     assert out.getvalue() == "epoch 1/2: loss 1.250 acc 0.500 | eval loss 1.500 acc 0.250 | lr 1.00e-03 | 2.0s\n"
     quiet = io.StringIO()
@@ -60,8 +60,8 @@ def test_progress_draws_a_bar_on_a_terminal() -> None:
     out = _Terminal()
     bar = Progress(3, 10, batch_size=4, done=10, stream=out)
     bar.begin(1)
-    for step in range(1, 6):
-        bar.update(step, 0.5, 0.75)
+    for _ in range(5):
+        bar.update(0.5, 0.75)
     bar.bar.refresh()
     line = out.getvalue().split("\r")[-1]
     assert line.startswith("epoch 2/3  25%|") and "sample/s" in line and " left" in line, line

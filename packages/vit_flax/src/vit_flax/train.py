@@ -19,7 +19,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -35,18 +34,7 @@ from vit_flax.init import init_weights
 from vit_parity.core import spec
 from vit_parity.core.checkpoint import save as save_checkpoint
 from vit_parity.core.config import to_json
-from vit_parity.core.loop import (
-    EpochMetrics,
-    Interrupted,
-    Progress,
-    RunState,
-    batches,
-    cross_entropy,
-    dropout_seed,
-    epoch_steps,
-    random_shift,
-    warmup_cosine,
-)
+from vit_parity.core.loop import EpochMetrics, Progress, RunState, batches, run_epochs
 
 __all__ = [
     "build", "compute_dtype", "decayed_parameters", "fit", "load_optimizer_state", "optimizer", "optimizer_state",
@@ -358,71 +346,35 @@ def fit(
     """
     del compile  # the step is jax.jit compiled whatever is asked
     x, y = np.asarray(train[0], dtype=np.float32), np.asarray(train[1], dtype=np.int64)
-    if len(x) == 0:
-        raise ValueError("the training set is empty")
-    batch_size = min(batch_size, len(x))
-    steps = len(x) // batch_size
-    total, warmup = epochs * steps, round(warmup_epochs * steps)
     run = resume if resume is not None else RunState(epoch=start_epoch)
-    done = run.epoch * steps + run.step
-    bar = progress if isinstance(progress, Progress) else Progress(
-        epochs, steps, batch_size=batch_size, done=done, enabled=bool(progress)
-    )  # fmt: skip
-    history: list[EpochMetrics] = []
     with compute_dtype(model, precision):
         step, state = training_step(
             model, weight_decay=weight_decay, label_smoothing=label_smoothing, feed=feed, resume=run
         )
 
-        def state_at(epoch: int, i: int, sums: tuple[float, float, int]) -> RunState:
+        def train_step(xb: np.ndarray, yb: np.ndarray, step_lr: float, seed: int) -> tuple[float, float]:
+            nonlocal state
+            batch = _inputs(xb, feed, channels_first)
+            labels = jnp.asarray(yb, dtype=jnp.int32)
+            state, loss, hits = step(state, batch, labels, jnp.float32(step_lr), jnp.int32(seed))
+            return float(loss), float(hits)
+
+        def sync() -> None:
             nnx.update(model, state[0])  # the step donated the model's arrays: hand it the latest ones
+
+        def snapshot(epoch: int, i: int, sums: tuple[float, float, int]) -> RunState:
+            sync()
             count, moments = optimizer_state(state[1])
             return RunState(epoch, i, *sums, optimizer_steps=count, moments=moments)
 
-        try:
-            for epoch in range(run.epoch, epochs):
-                bar.begin(epoch)
-                start = time.perf_counter()
-                first = run.step if epoch == run.epoch else 0
-                loss_sum, correct, seen = (run.loss_sum, run.correct, run.seen) if first else (0.0, 0.0, 0)
-                step_lr = warmup_cosine(epoch * steps + first, total_steps=total, warmup_steps=warmup, peak_lr=lr)
-                order = epoch_steps(len(x), batch_size, seed=seed, epoch=epoch, start=first, shuffle=shuffle)
-                for i, idx, rng in order:
-                    step_seed = jnp.int32(dropout_seed(rng))
-                    step_lr = warmup_cosine(epoch * steps + i, total_steps=total, warmup_steps=warmup, peak_lr=lr)
-                    xb = _inputs(random_shift(x[idx], shift, rng), feed, channels_first)
-                    yb = jnp.asarray(y[idx], dtype=jnp.int32)
-                    state, loss, hits = step(state, xb, yb, jnp.float32(step_lr), step_seed)
-                    loss_sum += float(loss) * len(idx)
-                    correct += float(hits)
-                    seen += len(idx)
-                    bar.update(i + 1, loss_sum / seen, correct / seen)
-                    if stop is not None and i + 1 < steps and stop():
-                        interrupted = state_at(epoch, i + 1, (loss_sum, correct, seen))
-                        if on_checkpoint is not None:
-                            on_checkpoint(interrupted, model, None)
-                        raise Interrupted(interrupted)
-                nnx.update(model, state[0])
-                eval_loss = eval_acc = None
-                if eval is not None and len(eval[0]):
-                    logits = predict(model, eval[0], channels_first=channels_first, feed=feed, precision=precision)
-                    eval_loss = cross_entropy(logits, eval[1])
-                    eval_acc = float((logits.argmax(-1) == eval[1]).mean())
-                metrics = EpochMetrics(
-                    epoch, step_lr, loss_sum / seen, correct / seen, eval_loss, eval_acc, time.perf_counter() - start
-                )
-                history.append(metrics)
-                bar.end(metrics)
-                if on_epoch is not None:
-                    on_epoch(metrics, model)
-                ended = state_at(epoch + 1, 0, (0.0, 0.0, 0))
-                if on_checkpoint is not None:
-                    on_checkpoint(ended, model, metrics)
-                if stop is not None and epoch + 1 < epochs and stop():
-                    raise Interrupted(ended)
-        finally:
-            if not isinstance(progress, Progress):
-                bar.close()
+        history = run_epochs(
+            (x, y), eval, train_step, model=model, snapshot=snapshot, end_epoch=sync,
+            predict=lambda held_out: predict(
+                model, held_out, channels_first=channels_first, feed=feed, precision=precision
+            ),
+            epochs=epochs, batch_size=batch_size, lr=lr, warmup_epochs=warmup_epochs, shift=shift, seed=seed,
+            shuffle=shuffle, run=run, on_epoch=on_epoch, on_checkpoint=on_checkpoint, stop=stop, progress=progress,
+        )  # fmt: skip
     model.eval()
     return history
 

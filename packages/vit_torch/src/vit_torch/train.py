@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -28,18 +27,7 @@ from vit_parity.core import spec
 from vit_parity.core.checkpoint import Checkpoint
 from vit_parity.core.checkpoint import save as save_checkpoint
 from vit_parity.core.config import to_json
-from vit_parity.core.loop import (
-    EpochMetrics,
-    Interrupted,
-    Progress,
-    RunState,
-    batches,
-    cross_entropy,
-    dropout_seed,
-    epoch_steps,
-    random_shift,
-    warmup_cosine,
-)
+from vit_parity.core.loop import EpochMetrics, Progress, RunState, batches, run_epochs
 from vit_torch import gemm
 from vit_torch.checkpoint import module_kinds, to_checkpoint
 from vit_torch.init import init_weights
@@ -195,11 +183,6 @@ def fit(
     at an epoch with a fresh optimizer.
     """
     x, y = np.asarray(train[0], dtype=np.float32), np.asarray(train[1], dtype=np.int64)
-    if len(x) == 0:
-        raise ValueError("the training set is empty")
-    batch_size = min(batch_size, len(x))
-    steps = len(x) // batch_size
-    total, warmup = epochs * steps, round(warmup_epochs * steps)
     run = resume if resume is not None else RunState(epoch=start_epoch)
     opt = optimizer(model, lr=lr, weight_decay=weight_decay)
     if run.moments:
@@ -208,68 +191,33 @@ def fit(
     backend = {"backend": compile} if isinstance(compile, str) else {}
     net = torch.compile(model, **backend) if compile else model
     autocast = _autocast(precision)
-    done = run.epoch * steps + run.step
-    bar = progress if isinstance(progress, Progress) else Progress(
-        epochs, steps, batch_size=batch_size, done=done, enabled=bool(progress)
-    )  # fmt: skip
 
-    def state_at(epoch: int, step: int, sums: tuple[float, float, int]) -> RunState:
+    def train_step(xb: np.ndarray, yb: np.ndarray, step_lr: float, seed: int) -> tuple[float, float]:
+        torch.manual_seed(seed)
+        for group in opt.param_groups:
+            group["lr"] = step_lr
+        labels = torch.from_numpy(yb)
+        with autocast:
+            logits = _forward(net, xb, feed)
+        loss = F.cross_entropy(logits.float(), labels, label_smoothing=label_smoothing)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        return float(loss.detach()), float((logits.detach().argmax(-1) == labels).sum())
+
+    def snapshot(epoch: int, step: int, sums: tuple[float, float, int]) -> RunState:
         count, moments = optimizer_state(opt, model)
         paths = [[*key, path] for key, path in sorted(gemm.decisions().items())]
         return RunState(epoch, step, *sums, optimizer_steps=count, moments=moments, numerics={"gemm": paths})
 
-    history: list[EpochMetrics] = []
-    try:
-        for epoch in range(run.epoch, epochs):
-            bar.begin(epoch)
-            start = time.perf_counter()
-            first = run.step if epoch == run.epoch else 0
-            loss_sum, correct, seen = (run.loss_sum, run.correct, run.seen) if first else (0.0, 0.0, 0)
-            step_lr = warmup_cosine(epoch * steps + first, total_steps=total, warmup_steps=warmup, peak_lr=lr)
-            model.train()
-            order = epoch_steps(len(x), batch_size, seed=seed, epoch=epoch, start=first, shuffle=shuffle)
-            with torch.random.fork_rng(devices=[]):
-                for i, idx, rng in order:
-                    torch.manual_seed(dropout_seed(rng))
-                    step_lr = warmup_cosine(epoch * steps + i, total_steps=total, warmup_steps=warmup, peak_lr=lr)
-                    for group in opt.param_groups:
-                        group["lr"] = step_lr
-                    yb = torch.from_numpy(y[idx])
-                    with autocast:
-                        logits = _forward(net, random_shift(x[idx], shift, rng), feed)
-                    loss = F.cross_entropy(logits.float(), yb, label_smoothing=label_smoothing)
-                    opt.zero_grad(set_to_none=True)
-                    loss.backward()
-                    opt.step()
-                    loss_sum += float(loss.detach()) * len(idx)
-                    correct += float((logits.detach().argmax(-1) == yb).sum())
-                    seen += len(idx)
-                    bar.update(i + 1, loss_sum / seen, correct / seen)
-                    if stop is not None and i + 1 < steps and stop():
-                        state = state_at(epoch, i + 1, (loss_sum, correct, seen))
-                        if on_checkpoint is not None:
-                            on_checkpoint(state, model, None)
-                        raise Interrupted(state)
-            eval_loss = eval_acc = None
-            if eval is not None and len(eval[0]):
-                logits = predict(model, eval[0], feed=feed, precision=precision)
-                eval_loss = cross_entropy(logits, eval[1])
-                eval_acc = float((logits.argmax(-1) == eval[1]).mean())
-            metrics = EpochMetrics(
-                epoch, step_lr, loss_sum / seen, correct / seen, eval_loss, eval_acc, time.perf_counter() - start
-            )
-            history.append(metrics)
-            bar.end(metrics)
-            if on_epoch is not None:
-                on_epoch(metrics, model)
-            state = state_at(epoch + 1, 0, (0.0, 0.0, 0))
-            if on_checkpoint is not None:
-                on_checkpoint(state, model, metrics)
-            if stop is not None and epoch + 1 < epochs and stop():
-                raise Interrupted(state)
-    finally:
-        if not isinstance(progress, Progress):
-            bar.close()
+    model.train()
+    with torch.random.fork_rng(devices=[]):  # the steps reseed torch's generator; the caller's is left alone
+        history = run_epochs(
+            (x, y), eval, train_step, model=model, snapshot=snapshot,
+            predict=lambda held_out: predict(model, held_out, feed=feed, precision=precision),
+            epochs=epochs, batch_size=batch_size, lr=lr, warmup_epochs=warmup_epochs, shift=shift, seed=seed,
+            shuffle=shuffle, run=run, on_epoch=on_epoch, on_checkpoint=on_checkpoint, stop=stop, progress=progress,
+        )  # fmt: skip
     model.eval()
     return history
 

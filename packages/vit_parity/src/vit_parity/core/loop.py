@@ -13,7 +13,8 @@ import math
 import signal
 import sys
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any, TextIO
 
@@ -93,8 +94,9 @@ class Progress:
         if self.bar is not None:
             self.bar.set_description_str(f"epoch {epoch + 1}/{self.epochs}", refresh=False)
 
-    def update(self, step: int, loss: float, acc: float, samples: int | None = None) -> None:
-        """After step ``step`` (1-based) of the epoch, ``samples`` of them in it (default: the batch size)."""
+    def update(self, loss: float, acc: float, samples: int | None = None) -> None:
+        """After a step of ``samples`` samples (default: the batch size), with the epoch's running loss and
+        accuracy."""
         if self.bar is not None:
             self.bar.set_postfix_str(f"loss {loss:.3f} acc {acc:.3f}", refresh=False)
             self.bar.update(self.batch_size if samples is None else samples)
@@ -154,9 +156,9 @@ class RunState:
 class Interrupted(Exception):
     """Training stopped on request (a signal) after a whole step; ``state`` is where it stood."""
 
-    def __init__(self, state: RunState, reason: str = "a stop request") -> None:
-        super().__init__(f"training stopped by {reason} at epoch {state.epoch + 1}, step {state.step}")
-        self.state, self.reason = state, reason
+    def __init__(self, state: RunState) -> None:
+        super().__init__(f"training stopped at epoch {state.epoch + 1}, step {state.step}")
+        self.state = state
 
 
 class StopSignals:
@@ -241,3 +243,100 @@ def batches(
     stop = n - n % batch_size if drop_last else n
     for start in range(0, stop, batch_size):
         yield order[start : start + batch_size]
+
+
+# (batch, labels, learning rate, dropout seed) -> (the batch's mean loss, its number of correct predictions)
+TrainStep = Callable[[np.ndarray, np.ndarray, float, int], tuple[float, float]]
+
+
+def run_epochs(
+    train: tuple[np.ndarray, np.ndarray],
+    eval: tuple[np.ndarray, np.ndarray] | None,
+    train_step: TrainStep,
+    *,
+    model: Any,
+    snapshot: Callable[[int, int, tuple[float, float, int]], RunState],
+    predict: Callable[[np.ndarray], np.ndarray],
+    end_epoch: Callable[[], None] | None = None,
+    epochs: int,
+    batch_size: int,
+    lr: float,
+    warmup_epochs: float,
+    shift: int,
+    seed: int,
+    shuffle: bool,
+    run: RunState,
+    on_epoch: Callable[[EpochMetrics, Any], None] | None = None,
+    on_checkpoint: Callable[[RunState, Any, EpochMetrics | None], None] | None = None,
+    stop: Callable[[], bool] | None = None,
+    progress: bool | Progress = True,
+) -> list[EpochMetrics]:
+    """The epoch loop both backends' ``fit`` run: batches, shifts, dropout seeds, the schedule, the running
+    sums, the metrics, checkpoints and clean stops, from ``run`` on; the backend brings its step and state.
+
+    ``train_step(x, y, lr, seed)`` takes one optimizer step on the channels-first batch ``x`` (already
+    shifted) and returns the batch's mean loss and its number of correct predictions; ``seed`` is the step's
+    :func:`dropout_seed`. ``snapshot(epoch, step, (loss_sum, correct, seen))`` returns the :class:`RunState` of
+    that point (optimizer state included). ``end_epoch()`` runs after an epoch's last step (the backend brings
+    ``model`` up to date), then ``predict(x)`` gives the logits of the held-out set ``eval``. ``on_epoch(metrics,
+    model)`` and ``on_checkpoint(state, model, metrics)`` run after every epoch; when ``stop()`` turns true, the
+    step in hand is finished, ``on_checkpoint(state, model, None)`` runs (within an epoch; at its end the
+    epoch's call served) and :class:`Interrupted` is raised.
+    """
+    x, y = train
+    if len(x) == 0:
+        raise ValueError("the training set is empty")
+    batch_size = min(batch_size, len(x))
+    steps = len(x) // batch_size
+    total, warmup = epochs * steps, round(warmup_epochs * steps)
+
+    def lr_at(epoch: int, step: int) -> float:
+        return warmup_cosine(epoch * steps + step, total_steps=total, warmup_steps=warmup, peak_lr=lr)
+
+    bar = progress if isinstance(progress, Progress) else Progress(
+        epochs, steps, batch_size=batch_size, done=run.epoch * steps + run.step, enabled=bool(progress)
+    )  # fmt: skip
+    history: list[EpochMetrics] = []
+    try:
+        for epoch in range(run.epoch, epochs):
+            bar.begin(epoch)
+            start = time.perf_counter()
+            first = run.step if epoch == run.epoch else 0
+            loss_sum, correct, seen = (run.loss_sum, run.correct, run.seen) if first else (0.0, 0.0, 0)
+            step_lr = lr_at(epoch, first)
+            for i, idx, rng in epoch_steps(len(x), batch_size, seed=seed, epoch=epoch, start=first, shuffle=shuffle):
+                step_lr = lr_at(epoch, i)
+                dropout = dropout_seed(rng)  # drawn before the shifts
+                loss, hits = train_step(random_shift(x[idx], shift, rng), y[idx], step_lr, dropout)
+                loss_sum += loss * len(idx)
+                correct += hits
+                seen += len(idx)
+                bar.update(loss_sum / seen, correct / seen)
+                if stop is not None and i + 1 < steps and stop():
+                    state = snapshot(epoch, i + 1, (loss_sum, correct, seen))
+                    if on_checkpoint is not None:
+                        on_checkpoint(state, model, None)
+                    raise Interrupted(state)
+            if end_epoch is not None:
+                end_epoch()
+            eval_loss = eval_acc = None
+            if eval is not None and len(eval[0]):
+                logits = predict(eval[0])
+                eval_loss = cross_entropy(logits, eval[1])
+                eval_acc = float((logits.argmax(-1) == eval[1]).mean())
+            metrics = EpochMetrics(
+                epoch, step_lr, loss_sum / seen, correct / seen, eval_loss, eval_acc, time.perf_counter() - start
+            )
+            history.append(metrics)
+            bar.end(metrics)
+            if on_epoch is not None:
+                on_epoch(metrics, model)
+            state = snapshot(epoch + 1, 0, (0.0, 0.0, 0))
+            if on_checkpoint is not None:
+                on_checkpoint(state, model, metrics)
+            if stop is not None and epoch + 1 < epochs and stop():
+                raise Interrupted(state)
+    finally:
+        if not isinstance(progress, Progress):
+            bar.close()
+    return history

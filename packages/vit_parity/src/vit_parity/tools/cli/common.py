@@ -7,7 +7,7 @@ import importlib
 import importlib.util
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -137,16 +137,20 @@ def load_model(backend: str, path: Path):
         ) from None
 
 
-def predict_logits(
-    backend: str, path: Path, x: np.ndarray, n_classes: int, batch_size: int, precision: str = "fp32"
-) -> np.ndarray:
+def predictor(backend: str, path: Path, n_classes: int, batch_size: int) -> Callable[..., np.ndarray]:
+    """The checkpoint at ``path``, loaded once in ``backend``: ``logits(x, precision='fp32')`` of a batch."""
     from vit_parity.tools import adapters
 
     model = load_model(backend, path)
     feed = adapters.feed(spec.arch_of(type(model), backend), backend, model.config)  # e.g. NaViT's lists or packing
-    logits = train_module(backend).predict(model, x, batch_size=batch_size, feed=feed, precision=precision)
-    if logits.shape[-1] != n_classes:
-        raise UsageError(f"checkpoint {path} has {logits.shape[-1]} outputs but {n_classes} class names")
+    predict = train_module(backend).predict
+
+    def logits(x: np.ndarray, precision: str = "fp32") -> np.ndarray:
+        out = predict(model, x, batch_size=batch_size, feed=feed, precision=precision)
+        if out.shape[-1] != n_classes:
+            raise UsageError(f"checkpoint {path} has {out.shape[-1]} outputs but {n_classes} class names")
+        return out
+
     return logits
 
 

@@ -17,7 +17,7 @@ from vit_parity.tools.cli.common import (
     UsageError,
     fail,
     pick_backend,
-    predict_logits,
+    predictor,
     read_trained,
     resolve_checkpoint,
     table,
@@ -99,8 +99,9 @@ def _eval(args: argparse.Namespace) -> int:
     x = pre(dataset.x)
     results: dict[str, dict] = {}
     logits: dict[str, np.ndarray] = {}
+    models = {b: predictor(b, path, len(classes), args.batch_size) for b in backends}
     for b in backends:
-        logits[b] = predict_logits(b, path, x, len(classes), args.batch_size, args.precision)
+        logits[b] = models[b](x, args.precision)
         pred = logits[b].argmax(-1)
         per_class = per_class_accuracy(pred, labels, len(classes))
         results[b] = {
@@ -138,9 +139,7 @@ def _eval(args: argparse.Namespace) -> int:
     if args.precision != "fp32":
         report["fp32_agreement"] = {}
         for b in backends:
-            same = int(
-                (predict_logits(b, path, x, len(classes), args.batch_size).argmax(-1) == logits[b].argmax(-1)).sum()
-            )
+            same = int((models[b](x).argmax(-1) == logits[b].argmax(-1)).sum())
             report["fp32_agreement"][b] = same / len(labels)
             print(f"{b} in {args.precision} gives the fp32 prediction on {same}/{len(labels)} samples")
     if args.json:

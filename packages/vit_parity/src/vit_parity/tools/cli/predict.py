@@ -15,7 +15,7 @@ from vit_parity.tools.cli.common import (
     fail,
     one_line,
     pick_backend,
-    predict_logits,
+    predictor,
     read_trained,
     resolve_checkpoint,
 )
@@ -41,7 +41,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         good = [s for s in samples if isinstance(s, np.ndarray)]
         probs = iter(())
         if good:
-            logits = predict_logits(backend, path, pre(np.stack(good)), len(classes), args.batch_size)
+            logits = predictor(backend, path, len(classes), args.batch_size)(pre(np.stack(good)))
             probs = iter(softmax(logits))
     except (UsageError, data.DataError, ckpt_io.CheckpointError, ConversionError) as err:
         return fail("predict", err)
