@@ -20,6 +20,7 @@ import vit_flax.train
 import vit_torch
 import vit_torch.train
 from vit_parity.core import checkpoint as ckpt_io
+from vit_parity.core import loop
 from vit_parity.tools import cli, data
 from vit_parity.tools.cli import common
 from vit_parity.tools.data import Preprocess
@@ -251,7 +252,7 @@ def test_interrupted_training_keeps_the_last_epoch_and_resumes(
     out = tmp_path / "run"
     argv = ["train", "--arch", "vit", *DIGITS, "--epochs", "3", "--out", out]
     calls = {"n": 0}
-    shift = vit_torch.train.random_shift
+    shift = loop.random_shift
 
     def interrupt_in_epoch_two(*args, **kwargs):
         calls["n"] += 1
@@ -259,11 +260,11 @@ def test_interrupted_training_keeps_the_last_epoch_and_resumes(
             raise KeyboardInterrupt
         return shift(*args, **kwargs)
 
-    monkeypatch.setattr(vit_torch.train, "random_shift", interrupt_in_epoch_two)
+    monkeypatch.setattr(loop, "random_shift", interrupt_in_epoch_two)
     fails(capsys, *argv, match="interrupted; the last complete checkpoint is", code=130)
     assert ckpt_io.load(out / "checkpoint").extra["train"]["epoch"] == 0
     assert json.loads((out / "metrics.json").read_text())["complete"] is False
-    monkeypatch.setattr(vit_torch.train, "random_shift", shift)
+    monkeypatch.setattr(loop, "random_shift", shift)
     first = vit_torch.train.predict(vit_torch.load(out / "checkpoint"), held_out()[1].x)
 
     # an interruption while an epoch's checkpoint is written leaves the previous one whole

@@ -16,7 +16,7 @@ import vit_flax.train
 import vit_torch.checkpoint
 import vit_torch.train
 from vit_parity.core import checkpoint as ckpt_io
-from vit_parity.core import spec
+from vit_parity.core import loop, spec
 from vit_parity.core.config import MODEL_KEY
 from vit_parity.tools import adapters
 
@@ -187,10 +187,10 @@ def test_an_existing_run_is_kept_unless_resumed_or_overwritten(
     fails(capsys, *argv[:-1], tmp_path / "empty", "--resume", match="holds no checkpoint/")
 
     # an overwrite interrupted before its first checkpoint leaves the earlier run as it was
-    shift = vit_torch.train.random_shift
-    monkeypatch.setattr(vit_torch.train, "random_shift", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt))
+    shift = loop.random_shift
+    monkeypatch.setattr(loop, "random_shift", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt))
     fails(capsys, *argv, "--overwrite", "--seed", 1, match=f"no epoch completed; {out} keeps the earlier run", code=130)
-    monkeypatch.setattr(vit_torch.train, "random_shift", shift)
+    monkeypatch.setattr(loop, "random_shift", shift)
     np.testing.assert_array_equal(_predict(out), first)
     assert sorted(p.name for p in out.iterdir()) == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["empty", "run"]  # no staging folder left
