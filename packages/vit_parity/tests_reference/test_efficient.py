@@ -11,13 +11,14 @@ from test_reference import ATOL, RTOL, SEED, full_size, reference_class, referen
 
 from vit_parity.core.spec import REGISTRY, Case
 from vit_parity.tools import reference
+from vit_parity.tools.parity import perturb_constants
 from vit_parity.tools.reference import ReferenceImportError
 from vit_torch.checkpoint import load_state, module_kinds, state_numpy
 
 
 def reference_efficient(case: Case, seed: int = SEED) -> tuple[torch.nn.Module, dict[str, Any]]:
     """vit-pytorch's efficient ViT of an ``efficient`` registry case around its vit.Transformer (the case's
-    registry transformer, same arguments), seeded, in eval mode, every 1-D tensor perturbed; and the reference
+    registry transformer, same arguments), seeded, in eval mode, its constant tensors perturbed; and the reference
     config the import reads (the transformer as this library's registry record)."""
     from vit_pytorch.vit import Transformer
 
@@ -25,12 +26,7 @@ def reference_efficient(case: Case, seed: int = SEED) -> tuple[torch.nn.Module, 
     config = {**reference.reference_config("efficient", case.config), "transformer": {"__model__": arch, "config": sub}}
     torch.manual_seed(seed)
     model = reference_class("efficient")(**{**config, "transformer": Transformer(**sub)}).eval()
-    gen = torch.Generator().manual_seed(seed + 1)
-    with torch.no_grad():
-        for tensor in model.state_dict().values():
-            if tensor.ndim == 1 and tensor.is_floating_point():
-                tensor += 0.5 * torch.randn(tensor.shape, generator=gen)
-    return model, config
+    return perturb_constants(model, seed + 1), config
 
 
 def test_efficient_gives_the_reference_logits_around_its_transformer() -> None:

@@ -20,6 +20,7 @@ import torch
 
 from vit_parity.core.spec import REGISTRY, Case, map_arrays
 from vit_parity.tools import reference
+from vit_parity.tools.parity import perturb_constants
 from vit_parity.tools.reference import ReferenceImportError
 from vit_torch.checkpoint import load_state, module_kinds, state_numpy
 
@@ -136,10 +137,9 @@ def build_reference(arch: str, config: dict[str, Any], seed: int = SEED) -> torc
     """The reference model of ``config`` (its arguments), seeded, in eval mode, with its norms perturbed.
 
     Its constructor leaves the norms at one and zero, under which a swapped norm or a lost bias would go unseen:
-    every 1-D tensor the import reads gets seeded noise (a running variance a positive factor), and so does every
-    constant one (the masked NaViT's per-head query/key scales) along its last axis, the same for every head (this
-    library shares them across heads; see the refusal test). Weights, embeddings and tokens stay as the
-    constructor drew them.
+    the tensors the import reads get :func:`~vit_parity.tools.parity.perturb_constants`' seeded noise, a constant
+    one of several axes (the masked NaViT's per-head query/key scales) along its last axis, the same for every
+    head (this library shares them across heads; see the refusal test).
     """
     torch.manual_seed(seed)
     model = reference_class(arch)(**config)
@@ -151,18 +151,7 @@ def build_reference(arch: str, config: dict[str, Any], seed: int = SEED) -> torc
         kept = {k for k, v in reference.reference_keys(arch, reference.our_config(arch, config)).items() if v}
     except ReferenceImportError:  # a config the import refuses: tests of the difference
         kept = set(model.state_dict())
-    gen = torch.Generator().manual_seed(seed + 1)
-    with torch.no_grad():
-        for name, tensor in model.state_dict().items():
-            if name not in kept or not tensor.is_floating_point() or not tensor.numel():
-                continue
-            if name.endswith("running_var"):  # a variance stays positive
-                tensor *= torch.exp(0.5 * torch.randn(tensor.shape, generator=gen))
-            elif tensor.ndim == 1:
-                tensor += 0.5 * torch.randn(tensor.shape, generator=gen)
-            elif bool((tensor == tensor.flatten()[0]).all()):
-                tensor += 0.5 * torch.randn(tensor.shape[-1:], generator=gen)
-    return model
+    return perturb_constants(model, seed + 1, only=kept)
 
 
 TEACHER = dict(image_size=16, patch_size=8, dim=16, depth=1, heads=2, mlp_dim=32)
@@ -391,12 +380,7 @@ def test_distill_wrapper_gives_the_reference_loss(hard: bool, mlp_layernorm: boo
     student = reference_class("distill")(**config)
     options = dict(temperature=2.5, alpha=0.4, hard=hard, mlp_layernorm=mlp_layernorm)
     wrapper = reference_wrapper(student, config["num_classes"], **options).eval()
-    gen = torch.Generator().manual_seed(SEED + 1)
-    with torch.no_grad():  # norms away from one and zero
-        for tensor in wrapper.state_dict().values():
-            if tensor.ndim == 1 and tensor.is_floating_point():
-                tensor += 0.5 * torch.randn(tensor.shape, generator=gen)
-    state = state_numpy(wrapper)
+    state = state_numpy(perturb_constants(wrapper, SEED + 1))  # norms away from one and zero
     norm = {k.removeprefix("distill_mlp.0."): v for k, v in state.items() if k.startswith("distill_mlp.0.")}
     # the optional LayerNorm before the distillation head is the wrapper's here too (its `distill_norm`)
     ours_student = imported("distill", {k: v for k, v in state.items() if not k.startswith("distill_mlp.0.")}, config)

@@ -356,8 +356,8 @@ class Transformer(nnx.Module):
 class PatchEmbed(nnx.Module):
     """Cut ``(b, *spatial, c)`` into non-overlapping patches of any number of axes and embed them.
 
-    Each patch is flattened as ``(*patch, c)``, normalized, projected to ``dim`` and normalized again.
-    Returns the tokens ``(b, n, dim)`` and the patch grid.
+    Each patch is flattened as ``(*patch, c)``, normalized, projected to ``dim`` and normalized again
+    (``norms=False``: only projected, as the original ViT). Returns the tokens ``(b, n, dim)`` and the patch grid.
     """
 
     def __init__(
@@ -367,21 +367,23 @@ class PatchEmbed(nnx.Module):
         dim: int,
         *,
         eps: float = 1e-5,
+        norms: bool = True,
         dtype: jnp.dtype | None = None,
         rngs: nnx.Rngs,
     ) -> None:
         self.patch_size = tuple(patch_size)
         patch_dim = channels * math.prod(self.patch_size)
-        self.pre_norm = layer_norm(patch_dim, eps, rngs, dtype)
+        self.pre_norm = layer_norm(patch_dim, eps, rngs, dtype) if norms else None
         self.proj = nnx.Linear(patch_dim, dim, dtype=dtype, rngs=rngs)
-        self.post_norm = layer_norm(dim, eps, rngs, dtype)
+        self.post_norm = layer_norm(dim, eps, rngs, dtype) if norms else None
 
     def __call__(self, x: Array) -> tuple[Array, tuple[int, ...]]:
-        tokens = self.post_norm(self.proj(self.pre_norm(patchify(x, self.patch_size))))
-        return tokens, grid_of(x.shape[1:-1], self.patch_size)
+        return self.embed(patchify(x, self.patch_size)), grid_of(x.shape[1:-1], self.patch_size)
 
     def embed(self, patches: Array) -> Array:
         """Embed patches already cut by :func:`patchify`: ``(..., prod(patch) * c)`` to ``(..., dim)``."""
+        if self.pre_norm is None:
+            return self.proj(patches)
         return self.post_norm(self.proj(self.pre_norm(patches)))
 
 

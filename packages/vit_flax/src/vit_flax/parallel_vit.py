@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import math
-from collections.abc import Sequence
 from typing import Any
 
 import jax
@@ -12,23 +10,14 @@ from flax import nnx
 
 from vit_flax.layers import (
     Block,
-    Transformer,
     apply_scale,
-    crop_grid,
-    default_rngs,
-    grid_of,
-    layer_norm,
-    patchify,
-    with_features,
 )
+from vit_flax.vit import IMAGE_AXES, ClassTokenViT
 from vit_parity.core.config import records_config
 from vit_parity.core.facts import parallel_vit as facts
-from vit_parity.core.features import Features
-from vit_parity.core.validate import check_input, image_geometry
+from vit_parity.core.validate import image_geometry
 
 __all__ = ["ViT"]
-
-IMAGE_AXES = ("height", "width")
 
 
 class ParallelBlock(nnx.Module):
@@ -68,22 +57,8 @@ class ParallelBlock(nnx.Module):
         return (x, {f"branch{j}": a for j, a in enumerate(maps)}) if return_attn else x
 
 
-class LinearPatchEmbed(nnx.Module):
-    """Cut ``(b, h, w, c)`` into patches, each flattened as ``(ph, pw, c)``, and project them to ``dim`` (``proj``),
-    without the norms of :class:`~vit_flax.layers.PatchEmbed`. Returns the tokens ``(b, n, dim)`` and the grid."""
-
-    def __init__(
-        self, patch_size: tuple[int, ...], channels: int, dim: int, *, dtype: jnp.dtype | None = None, rngs: nnx.Rngs
-    ) -> None:
-        self.patch_size = tuple(patch_size)
-        self.proj = nnx.Linear(channels * math.prod(self.patch_size), dim, dtype=dtype, rngs=rngs)
-
-    def __call__(self, x: jax.Array) -> tuple[jax.Array, tuple[int, ...]]:
-        return self.proj(patchify(x, self.patch_size)), grid_of(x.shape[1:-1], self.patch_size)
-
-
 @records_config
-class ViT(nnx.Module):
+class ViT(ClassTokenViT):
     """Parallel ViT (Touvron et al., 2022): every block runs ``num_parallel_branches`` attention branches side by
     side and sums them into one residual, then as many feed-forward branches (:class:`ParallelBlock`).
 
@@ -112,38 +87,11 @@ class ViT(nnx.Module):
         dtype: jnp.dtype | None = None,
         rngs: nnx.Rngs | None = None,
     ) -> None:
-        rngs = default_rngs(rngs)
-        self.size, self.patch_size = image_geometry(image_size, patch_size)
+        size, patch = image_geometry(image_size, patch_size)
         facts.check_arguments(pool=pool, num_parallel_branches=num_parallel_branches)
-        self.pool = pool
-        self.channels = channels
-        self.grid = tuple(s // p for s, p in zip(self.size, self.patch_size))
-
-        self.to_patch_embedding = LinearPatchEmbed(self.patch_size, channels, dim, dtype=dtype, rngs=rngs)
-        self.pos_embedding = nnx.Param(jax.random.normal(rngs.params(), (1, math.prod(self.grid) + 1, dim)))
-        self.cls_token = nnx.Param(jax.random.normal(rngs.params(), (1, 1, dim)))
-        self.dropout = nnx.Dropout(emb_dropout, rngs=rngs)
-        self.transformer = Transformer(
-            dim, depth, heads, dim_head, mlp_dim, dropout, final_norm=False, block=ParallelBlock,
-            branches=num_parallel_branches, dtype=dtype, rngs=rngs,
+        super().__init__(
+            size=size, patch_size=patch, axis_names=IMAGE_AXES, input_name="img", num_classes=num_classes,
+            dim=dim, depth=depth, heads=heads, mlp_dim=mlp_dim, pool=pool, channels=channels,
+            dim_head=dim_head, dropout=dropout, emb_dropout=emb_dropout, patch_norms=False, norm_pooled=True,
+            final_norm=False, block=ParallelBlock, branches=num_parallel_branches, dtype=dtype, rngs=rngs,
         )  # fmt: skip
-        self.norm = layer_norm(dim, 1e-5, rngs, dtype)
-        self.mlp_head = nnx.Linear(dim, num_classes, dtype=dtype, rngs=rngs)
-
-    def __call__(
-        self, img: jax.Array, *, return_features: bool | Sequence[str | int] = False, return_attn: bool = False
-    ) -> jax.Array | tuple[jax.Array, dict[str, jax.Array]]:
-        features = Features.request(return_features, return_attn)
-        check_input(
-            img.shape, name="img", channels_last=True, channels=self.channels,
-            max_size=self.size, patch=self.patch_size, axis_names=IMAGE_AXES,
-        )  # fmt: skip
-        x, grid = self.to_patch_embedding(img)
-        pos = self.pos_embedding[...]
-        x = x + crop_grid(pos[:, 1:], self.grid, grid).astype(x.dtype)
-        cls = jnp.broadcast_to(self.cls_token[...] + pos[:, :1], (x.shape[0], 1, x.shape[-1]))
-        x = self.transformer(self.dropout(jnp.concatenate((cls.astype(x.dtype), x), axis=1)), features=features)
-        x = self.norm(x[:, 0] if self.pool == "cls" else x.mean(axis=1))  # as the reference: pool, then normalize
-        if features is not None:
-            features.add("pre_logits", x)
-        return with_features(self.mlp_head(x), features)

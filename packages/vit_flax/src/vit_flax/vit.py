@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from vit_flax.layers import PatchEmbed, Transformer, crop_grid, default_rngs, with_features
+from vit_flax.layers import PatchEmbed, Transformer, crop_grid, default_rngs, layer_norm, with_features
 from vit_parity.core.config import records_config
 from vit_parity.core.features import Features
 from vit_parity.core.validate import check_choice, check_input, image_geometry
@@ -22,7 +23,9 @@ IMAGE_AXES = ("height", "width")
 class ClassTokenViT(nnx.Module):
     """The ViT body on patches of any number of axes: a class token, learned positions over the patch
     grid, a pre-norm transformer and a linear head. ``vit.ViT`` (images) and ``vit_3d.ViT`` (videos,
-    volumes) differ only in how they read their geometry.
+    volumes) differ only in how they read their geometry; DeepViT and Parallel ViT in their blocks
+    (``transformer_options`` go to :class:`~vit_flax.layers.Transformer`), their patch embedding (``patch_norms``)
+    and where the last norm sits (``norm_pooled``: the pooled token is normalized, by ``norm``, before the head).
 
     The forward pass is built from :meth:`tokens`, :meth:`encode` and :meth:`pool_tokens` (as T2T-ViT's), so
     that a subclass can insert a token between them (``distill.DistillableViT``)."""
@@ -46,6 +49,9 @@ class ClassTokenViT(nnx.Module):
         emb_dropout: float,
         dtype: jnp.dtype | None,
         rngs: nnx.Rngs | None,
+        patch_norms: bool = True,
+        norm_pooled: bool = False,
+        **transformer_options: Any,
     ) -> None:
         rngs = default_rngs(rngs)
         check_choice(pool, ("cls", "mean"), "pool")
@@ -55,11 +61,14 @@ class ClassTokenViT(nnx.Module):
         self.channels = channels
         self.grid = tuple(s // p for s, p in zip(size, patch_size))
 
-        self.to_patch_embedding = PatchEmbed(patch_size, channels, dim, dtype=dtype, rngs=rngs)
+        self.to_patch_embedding = PatchEmbed(patch_size, channels, dim, norms=patch_norms, dtype=dtype, rngs=rngs)
         self.pos_embedding = nnx.Param(jax.random.normal(rngs.params(), (1, math.prod(self.grid) + 1, dim)))
         self.cls_token = nnx.Param(jax.random.normal(rngs.params(), (1, 1, dim)))
         self.dropout = nnx.Dropout(emb_dropout, rngs=rngs)
-        self.transformer = Transformer(dim, depth, heads, dim_head, mlp_dim, dropout, dtype=dtype, rngs=rngs)
+        self.transformer = Transformer(
+            dim, depth, heads, dim_head, mlp_dim, dropout, dtype=dtype, rngs=rngs, **transformer_options
+        )
+        self.norm = layer_norm(dim, 1e-5, rngs, dtype) if norm_pooled else None
         self.mlp_head = nnx.Linear(dim, num_classes, dtype=dtype, rngs=rngs)
 
     def tokens(self, x: jax.Array, features: Features | None = None) -> jax.Array:
@@ -80,8 +89,9 @@ class ClassTokenViT(nnx.Module):
         return self.transformer(x, features=features)
 
     def pool_tokens(self, x: jax.Array) -> jax.Array:
-        """What the head reads: the class token (``pool='cls'``) or the mean of every token."""
-        return x[:, 0] if self.pool == "cls" else x.mean(axis=1)
+        """What the head reads: the class token (``pool='cls'``) or the mean of every token (then ``norm``)."""
+        x = x[:, 0] if self.pool == "cls" else x.mean(axis=1)
+        return x if self.norm is None else self.norm(x)
 
     def __call__(
         self, x: jax.Array, *, return_features: bool | Sequence[str | int] = False, return_attn: bool = False

@@ -331,17 +331,19 @@ class Transformer(nn.Module):
 class PatchEmbed(nn.Module):
     """Cut ``(b, c, *spatial)`` into non-overlapping patches of any number of axes and embed them.
 
-    Each patch is flattened as ``(*patch, c)``, normalized, projected to ``dim`` and normalized again.
-    Returns the tokens ``(b, n, dim)`` and the patch grid.
+    Each patch is flattened as ``(*patch, c)``, normalized, projected to ``dim`` and normalized again
+    (``norms=False``: only projected, as the original ViT). Returns the tokens ``(b, n, dim)`` and the patch grid.
     """
 
-    def __init__(self, patch_size: tuple[int, ...], channels: int, dim: int, *, eps: float = 1e-5) -> None:
+    def __init__(
+        self, patch_size: tuple[int, ...], channels: int, dim: int, *, eps: float = 1e-5, norms: bool = True
+    ) -> None:
         super().__init__()
         self.patch_size = tuple(patch_size)
         patch_dim = channels * math.prod(self.patch_size)
-        self.pre_norm = nn.LayerNorm(patch_dim, eps=eps)
+        self.pre_norm = nn.LayerNorm(patch_dim, eps=eps) if norms else nn.Identity()
         self.proj = Linear(patch_dim, dim)
-        self.post_norm = nn.LayerNorm(dim, eps=eps)
+        self.post_norm = nn.LayerNorm(dim, eps=eps) if norms else nn.Identity()
 
     def forward(self, x: Tensor) -> tuple[Tensor, tuple[int, ...]]:
         return self.embed(patchify(x, self.patch_size)), grid_of(x.shape[2:], self.patch_size)

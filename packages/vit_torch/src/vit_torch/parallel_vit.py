@@ -2,22 +2,17 @@
 
 from __future__ import annotations
 
-import math
-from collections.abc import Sequence
 from typing import Any
 
-import torch
 from torch import Tensor, nn
 
 from vit_parity.core.config import records_config
 from vit_parity.core.facts import parallel_vit as facts
-from vit_parity.core.features import Features
-from vit_parity.core.validate import check_input, image_geometry
-from vit_torch.layers import Block, Linear, Transformer, crop_grid, grid_of, patchify, with_features
+from vit_parity.core.validate import image_geometry
+from vit_torch.layers import Block
+from vit_torch.vit import IMAGE_AXES, ClassTokenViT
 
 __all__ = ["ViT"]
-
-IMAGE_AXES = ("height", "width")
 
 
 class ParallelBlock(nn.Module):
@@ -55,21 +50,8 @@ class ParallelBlock(nn.Module):
         return (x, {f"branch{j}": a for j, a in enumerate(maps)}) if return_attn else x
 
 
-class LinearPatchEmbed(nn.Module):
-    """Cut ``(b, c, h, w)`` into patches, each flattened as ``(ph, pw, c)``, and project them to ``dim`` (``proj``),
-    without the norms of :class:`~vit_torch.layers.PatchEmbed`. Returns the tokens ``(b, n, dim)`` and the grid."""
-
-    def __init__(self, patch_size: tuple[int, ...], channels: int, dim: int) -> None:
-        super().__init__()
-        self.patch_size = tuple(patch_size)
-        self.proj = Linear(channels * math.prod(self.patch_size), dim)
-
-    def forward(self, x: Tensor) -> tuple[Tensor, tuple[int, ...]]:
-        return self.proj(patchify(x, self.patch_size)), grid_of(x.shape[2:], self.patch_size)
-
-
 @records_config
-class ViT(nn.Module):
+class ViT(ClassTokenViT):
     """Parallel ViT (Touvron et al., 2022): every block runs ``num_parallel_branches`` attention branches side by
     side and sums them into one residual, then as many feed-forward branches (:class:`ParallelBlock`).
 
@@ -96,37 +78,11 @@ class ViT(nn.Module):
         dropout: float = 0.0,
         emb_dropout: float = 0.0,
     ) -> None:
-        super().__init__()
-        self.size, self.patch_size = image_geometry(image_size, patch_size)
+        size, patch = image_geometry(image_size, patch_size)
         facts.check_arguments(pool=pool, num_parallel_branches=num_parallel_branches)
-        self.pool = pool
-        self.channels = channels
-        self.grid = tuple(s // p for s, p in zip(self.size, self.patch_size))
-
-        self.to_patch_embedding = LinearPatchEmbed(self.patch_size, channels, dim)
-        self.pos_embedding = nn.Parameter(torch.randn(1, math.prod(self.grid) + 1, dim))
-        self.cls_token = nn.Parameter(torch.randn(1, 1, dim))
-        self.dropout = nn.Dropout(emb_dropout)
-        self.transformer = Transformer(
-            dim, depth, heads, dim_head, mlp_dim, dropout, final_norm=False, block=ParallelBlock,
-            branches=num_parallel_branches,
+        super().__init__(
+            size=size, patch_size=patch, axis_names=IMAGE_AXES, input_name="img", num_classes=num_classes,
+            dim=dim, depth=depth, heads=heads, mlp_dim=mlp_dim, pool=pool, channels=channels,
+            dim_head=dim_head, dropout=dropout, emb_dropout=emb_dropout, patch_norms=False, norm_pooled=True,
+            final_norm=False, block=ParallelBlock, branches=num_parallel_branches,
         )  # fmt: skip
-        self.norm = nn.LayerNorm(dim)
-        self.mlp_head = Linear(dim, num_classes)
-
-    def forward(
-        self, img: Tensor, *, return_features: bool | Sequence[str | int] = False, return_attn: bool = False
-    ) -> Tensor | tuple[Tensor, dict[str, Tensor]]:
-        features = Features.request(return_features, return_attn)
-        check_input(
-            img.shape, name="img", channels_last=False, channels=self.channels,
-            max_size=self.size, patch=self.patch_size, axis_names=IMAGE_AXES,
-        )  # fmt: skip
-        x, grid = self.to_patch_embedding(img)
-        x = x + crop_grid(self.pos_embedding[:, 1:], self.grid, grid)
-        cls = (self.cls_token + self.pos_embedding[:, :1]).expand(x.shape[0], -1, -1)
-        x = self.transformer(self.dropout(torch.cat((cls, x), dim=1)), features=features)
-        x = self.norm(x[:, 0] if self.pool == "cls" else x.mean(dim=1))  # as the reference: pool, then normalize
-        if features is not None:
-            features.add("pre_logits", x)
-        return with_features(self.mlp_head(x), features)

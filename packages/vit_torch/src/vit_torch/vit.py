@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -21,7 +22,9 @@ IMAGE_AXES = ("height", "width")
 class ClassTokenViT(nn.Module):
     """The ViT body on patches of any number of axes: a class token, learned positions over the patch
     grid, a pre-norm transformer and a linear head. ``vit.ViT`` (images) and ``vit_3d.ViT`` (videos,
-    volumes) differ only in how they read their geometry.
+    volumes) differ only in how they read their geometry; DeepViT and Parallel ViT in their blocks
+    (``transformer_options`` go to :class:`~vit_torch.layers.Transformer`), their patch embedding (``patch_norms``)
+    and where the last norm sits (``norm_pooled``: the pooled token is normalized, by ``norm``, before the head).
 
     The forward pass is built from :meth:`tokens`, :meth:`encode` and :meth:`pool_tokens` (as T2T-ViT's), so
     that a subclass can insert a token between them (``distill.DistillableViT``)."""
@@ -43,6 +46,9 @@ class ClassTokenViT(nn.Module):
         dim_head: int,
         dropout: float,
         emb_dropout: float,
+        patch_norms: bool = True,
+        norm_pooled: bool = False,
+        **transformer_options: Any,
     ) -> None:
         super().__init__()
         check_choice(pool, ("cls", "mean"), "pool")
@@ -52,11 +58,12 @@ class ClassTokenViT(nn.Module):
         self.channels = channels
         self.grid = tuple(s // p for s, p in zip(size, patch_size))
 
-        self.to_patch_embedding = PatchEmbed(patch_size, channels, dim)
+        self.to_patch_embedding = PatchEmbed(patch_size, channels, dim, norms=patch_norms)
         self.pos_embedding = nn.Parameter(torch.randn(1, math.prod(self.grid) + 1, dim))
         self.cls_token = nn.Parameter(torch.randn(1, 1, dim))
         self.dropout = nn.Dropout(emb_dropout)
-        self.transformer = Transformer(dim, depth, heads, dim_head, mlp_dim, dropout)
+        self.transformer = Transformer(dim, depth, heads, dim_head, mlp_dim, dropout, **transformer_options)
+        self.norm = nn.LayerNorm(dim) if norm_pooled else nn.Identity()
         self.mlp_head = Linear(dim, num_classes)
 
     def tokens(self, x: Tensor, features: Features | None = None) -> Tensor:
@@ -76,8 +83,8 @@ class ClassTokenViT(nn.Module):
         return self.transformer(x, features=features)
 
     def pool_tokens(self, x: Tensor) -> Tensor:
-        """What the head reads: the class token (``pool='cls'``) or the mean of every token."""
-        return x[:, 0] if self.pool == "cls" else x.mean(dim=1)
+        """What the head reads: the class token (``pool='cls'``) or the mean of every token (then ``norm``)."""
+        return self.norm(x[:, 0] if self.pool == "cls" else x.mean(dim=1))
 
     def forward(
         self, x: Tensor, *, return_features: bool | Sequence[str | int] = False, return_attn: bool = False

@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import inspect
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -70,13 +70,34 @@ def strict_float32() -> Iterator[None]:
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
 
 
-def build_pair(spec: ArchSpec, case: Case, seed: int = 0) -> tuple[Any, Any]:
-    """A torch model and a flax model of ``case``'s config holding the same (converted) weights, in eval mode.
+def perturb_constants(model: Any, seed: int, *, only: Collection[str] | None = None) -> Any:
+    """Give seeded noise to the tensors of a torch ``model`` that its constructor leaves constant; returns it.
 
-    The torch constructors leave norms at one and zero and layer scales at one constant, under which a swapped
-    norm, a lost bias or a scale on the wrong axis would go unseen, and a small scale would hide a wrong GELU or
-    eps below the tolerance: every 1-D floating tensor gets seeded noise (a running variance a positive factor).
+    Constructors leave norms at one and zero and layer scales at one constant, under which a swapped norm, a lost
+    bias or a scale on the wrong axis would go unseen, and a small scale would hide a wrong GELU or eps below a
+    tolerance. Every 1-D floating tensor gets noise of scale 0.5 (a running variance a positive factor), and every
+    constant one of more axes (a ``(1, 1, dim)`` layer scale, per-head scales) the same noise along its last axis.
+    Weights, embeddings and tokens stay as drawn. ``only`` limits it to those state-dict keys.
     """
+    import torch
+
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, tensor in model.state_dict().items():
+            if (only is not None and name not in only) or not tensor.is_floating_point() or not tensor.numel():
+                continue
+            if name.endswith("running_var"):  # a variance stays positive
+                tensor *= torch.exp(0.5 * torch.randn(tensor.shape, generator=gen))
+            elif tensor.ndim == 1:
+                tensor += 0.5 * torch.randn(tensor.shape, generator=gen)
+            elif bool((tensor == tensor.flatten()[0]).all()):
+                tensor += 0.5 * torch.randn(tensor.shape[-1:], generator=gen)
+    return model
+
+
+def build_pair(spec: ArchSpec, case: Case, seed: int = 0) -> tuple[Any, Any]:
+    """A torch model and a flax model of ``case``'s config holding the same (converted) weights, in eval mode;
+    the torch model's constant tensors perturbed first (:func:`perturb_constants`)."""
     import torch
     from flax import nnx
 
@@ -84,17 +105,7 @@ def build_pair(spec: ArchSpec, case: Case, seed: int = 0) -> tuple[Any, Any]:
     from vit_torch.checkpoint import to_checkpoint
 
     torch.manual_seed(seed)
-    torch_model = case.build("torch", spec.load_class("torch")).eval()
-    gen = torch.Generator().manual_seed(seed + 1)
-    with torch.no_grad():
-        for name, tensor in torch_model.state_dict().items():
-            if tensor.ndim != 1 or not tensor.is_floating_point():
-                continue
-            noise = 0.5 * torch.randn(tensor.shape, generator=gen)
-            if name.endswith("running_var"):
-                tensor *= noise.exp()
-            else:
-                tensor += noise
+    torch_model = perturb_constants(case.build("torch", spec.load_class("torch")).eval(), seed + 1)
     flax_model = case.build("flax", spec.load_class("flax"), rngs=nnx.Rngs(seed))
     load_state(flax_model, to_checkpoint(torch_model))
     flax_model.eval()
