@@ -12,7 +12,15 @@ import numpy as np
 import pytest
 
 from vit_parity.core import packing
-from vit_parity.core.loop import EpochMetrics, Progress, cross_entropy, warmup_cosine
+from vit_parity.core.loop import (
+    EpochMetrics,
+    Interrupted,
+    Progress,
+    RunState,
+    cross_entropy,
+    run_epochs,
+    warmup_cosine,
+)
 from vit_parity.tools import adapters
 from vit_parity.tools.training import constructor_config, per_class_accuracy, softmax, write_json
 
@@ -26,6 +34,57 @@ def test_warmup_cosine() -> None:
     assert lr(110) == pytest.approx(0.0, abs=1e-12) and lr(500) == pytest.approx(0.0, abs=1e-12)
     no_warmup = warmup_cosine(0, total_steps=10, warmup_steps=0, peak_lr=1.0)
     assert no_warmup == 1.0
+
+
+class _Trainer:
+    """A stand-in backend for :func:`run_epochs`: its "model" is the list of the steps it took; loss and hits are
+    functions of the batch, so the epoch sums can be checked independently."""
+
+    def __init__(self) -> None:
+        self.steps: list[tuple[tuple[int, ...], float, int]] = []
+
+    def step(self, x: np.ndarray, y: np.ndarray, lr: float, seed: int) -> tuple[float, float]:
+        self.steps.append((tuple(int(v) for v in x[:, 0]), lr, seed))
+        return float(x.mean()), float((y % 2).sum())
+
+    def snapshot(self, epoch: int, step: int, sums: tuple[float, float, int]) -> RunState:
+        return RunState(epoch, step, *sums, optimizer_steps=len(self.steps))
+
+    def run(self, stop: object = None, resume: RunState | None = None) -> list[EpochMetrics]:
+        x = np.arange(10, dtype=np.float32).repeat(4).reshape(10, 4)  # sample i is all i
+        return run_epochs(
+            (x, np.arange(10)), (x[:4], np.array([0, 1, 0, 1])), self.step, model=None, snapshot=self.snapshot,
+            predict=lambda held: np.eye(2, dtype=np.float32)[np.zeros(len(held), int)], epochs=3, batch_size=3,
+            lr=0.1, warmup_epochs=1.0, shift=0, seed=7, shuffle=True, run=resume or RunState(), stop=stop,
+            progress=False,
+        )  # fmt: skip
+
+
+def test_the_epoch_loop_orders_schedules_sums_and_stops_and_resumes() -> None:
+    straight = _Trainer()
+    history = straight.run()
+    assert len(straight.steps) == 9  # 3 epochs of 3 full batches (the 10th sample is dropped each epoch)
+    lrs = [lr for _, lr, _ in straight.steps]
+    assert lrs == pytest.approx([warmup_cosine(s, total_steps=9, warmup_steps=3, peak_lr=0.1) for s in range(9)])
+    for epoch in range(3):
+        batches = [b for b, _, _ in straight.steps[3 * epoch : 3 * epoch + 3]]
+        seen = sorted(i for b in batches for i in b)
+        assert len(seen) == 9 and len(set(seen)) == 9  # a permutation, without repeats
+        want_loss = np.mean([np.mean(b) for b in batches])  # equal batches: the mean of the batch means
+        assert history[epoch].train_loss == pytest.approx(want_loss)
+        assert history[epoch].train_acc == pytest.approx(sum(i % 2 for i in seen) / 9)
+        assert history[epoch].eval_acc == 0.5 and history[epoch].lr == pytest.approx(lrs[3 * epoch + 2])
+    assert [b for b, _, _ in straight.steps[:3]] != [b for b, _, _ in straight.steps[3:6]]  # reshuffled
+
+    stopped, calls = _Trainer(), iter(range(100))
+    with pytest.raises(Interrupted) as info:
+        stopped.run(stop=lambda: next(calls) == 4)  # after the 5th step: epoch 1, step 2
+    state = info.value.state
+    assert (state.epoch, state.step, state.seen, state.optimizer_steps) == (1, 2, 6, 5)
+    resumed = _Trainer()
+    tail = resumed.run(resume=state)
+    assert stopped.steps + resumed.steps == straight.steps  # the same batches, rates and seeds
+    assert [m.to_json() | {"seconds": 0} for m in tail] == [m.to_json() | {"seconds": 0} for m in history[1:]]
 
 
 def test_cross_entropy_softmax_and_per_class_accuracy() -> None:

@@ -30,7 +30,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from vit_flax.attention import attend
-from vit_flax.layers import Block, Transformer, _linear_part, layer_norm
+from vit_flax.layers import Block, Transformer, layer_norm, project_qkv
 from vit_parity.core.features import Features, block_label
 
 Array = jax.Array
@@ -100,11 +100,7 @@ class TalkingHeadsAttention(nnx.Module):
         self, x: Array, mask: Array | None = None, *, context: Array | None = None, return_attn: bool = False
     ) -> Array | tuple[Array, Array]:
         b, n, _ = x.shape
-        if context is None:  # (b, n, 3 * h * d) to three (b, h, n, d), in one transpose
-            q, k, v = self.to_qkv(x).reshape(b, n, 3, self.heads, -1).transpose(2, 0, 3, 1, 4)
-        else:
-            q, k, v = (_linear_part(self.to_qkv, t, i, 3) for i, t in enumerate((x, context, context)))
-            q, k, v = (t.reshape(b, t.shape[1], self.heads, -1).transpose(0, 2, 1, 3) for t in (q, k, v))
+        q, k, v = project_qkv(self.to_qkv, x, self.heads, context)
         probs = self.probabilities(q, k, mask)
         out = (self.mix(probs) @ v).transpose(0, 2, 1, 3).reshape(b, n, -1)
         out = self.out_drop(self.to_out(out))

@@ -139,11 +139,7 @@ class Attention(nnx.Module):
         self, x: Array, mask: Array | None = None, *, context: Array | None = None, return_attn: bool = False
     ) -> Array | tuple[Array, Array]:
         b, n, _ = x.shape
-        if context is None:  # (b, n, 3 * h * d) to three (b, h, n, d), in one transpose
-            q, k, v = self.to_qkv(x).reshape(b, n, 3, self.heads, -1).transpose(2, 0, 3, 1, 4)
-        else:
-            q, k, v = (_linear_part(self.to_qkv, t, i, 3) for i, t in enumerate((x, context, context)))
-            q, k, v = (t.reshape(b, t.shape[1], self.heads, -1).transpose(0, 2, 1, 3) for t in (q, k, v))
+        q, k, v = project_qkv(self.to_qkv, x, self.heads, context)
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
         attn = None
@@ -155,6 +151,18 @@ class Attention(nnx.Module):
         out = out.transpose(0, 2, 1, 3).reshape(b, n, -1)
         out = self.out_drop(self.to_out(out) if self.to_out is not None else out)
         return (out, attn) if return_attn else out
+
+
+def project_qkv(to_qkv: nnx.Linear, x: Array, heads: int, context: Array | None = None) -> tuple[Array, Array, Array]:
+    """Queries of ``x`` and keys and values of ``context`` (default: ``x``) through one fused ``to_qkv`` projection
+    (its output features ordered q, k, v; each ``heads * d``), each ``(b, heads, tokens, d)``."""
+    b, n, _ = x.shape
+    if context is None:  # (b, n, 3 * h * d) to three (b, h, n, d), in one transpose
+        q, k, v = to_qkv(x).reshape(b, n, 3, heads, -1).transpose(2, 0, 3, 1, 4)
+        return q, k, v
+    q, k, v = (_linear_part(to_qkv, t, i, 3) for i, t in enumerate((x, context, context)))
+    q, k, v = (t.reshape(b, t.shape[1], heads, -1).transpose(0, 2, 1, 3) for t in (q, k, v))
+    return q, k, v
 
 
 def _linear_part(linear: nnx.Linear, x: Array, part: int, parts: int) -> Array:

@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from vit_flax.layers import (
-    Block,
-    apply_scale,
-)
+from vit_flax.layers import Block, PatchEmbed, apply_scale
 from vit_flax.vit import IMAGE_AXES, ClassTokenViT
 from vit_parity.core.config import records_config
 from vit_parity.core.facts import parallel_vit as facts
@@ -92,6 +90,7 @@ class ViT(ClassTokenViT):
         super().__init__(
             size=size, patch_size=patch, axis_names=IMAGE_AXES, input_name="img", num_classes=num_classes,
             dim=dim, depth=depth, heads=heads, mlp_dim=mlp_dim, pool=pool, channels=channels,
-            dim_head=dim_head, dropout=dropout, emb_dropout=emb_dropout, patch_norms=False, norm_pooled=True,
+            dim_head=dim_head, dropout=dropout, emb_dropout=emb_dropout, norm_pooled=True,
+            patch_embedding=functools.partial(PatchEmbed, norms=False),
             final_norm=False, block=ParallelBlock, branches=num_parallel_branches, dtype=dtype, rngs=rngs,
         )  # fmt: skip

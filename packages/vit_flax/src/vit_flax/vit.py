@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
@@ -23,8 +23,9 @@ IMAGE_AXES = ("height", "width")
 class ClassTokenViT(nnx.Module):
     """The ViT body on patches of any number of axes: a class token, learned positions over the patch
     grid, a pre-norm transformer and a linear head. ``vit.ViT`` (images) and ``vit_3d.ViT`` (videos,
-    volumes) differ only in how they read their geometry; DeepViT and Parallel ViT in their blocks
-    (``transformer_options`` go to :class:`~vit_flax.layers.Transformer`), their patch embedding (``patch_norms``)
+    volumes) differ only in how they read their geometry. DeepViT, Parallel ViT and ViT for small datasets
+    differ in their blocks (``transformer_options`` go to :class:`~vit_flax.layers.Transformer`), their patch
+    embedding (``patch_embedding(patch_size, channels, dim, dtype=, rngs=)`` builds it, :meth:`embed_patches` runs it)
     and where the last norm sits (``norm_pooled``: the pooled token is normalized, by ``norm``, before the head).
 
     The forward pass is built from :meth:`tokens`, :meth:`encode` and :meth:`pool_tokens` (as T2T-ViT's), so
@@ -49,7 +50,7 @@ class ClassTokenViT(nnx.Module):
         emb_dropout: float,
         dtype: jnp.dtype | None,
         rngs: nnx.Rngs | None,
-        patch_norms: bool = True,
+        patch_embedding: Callable[..., nnx.Module] = PatchEmbed,
         norm_pooled: bool = False,
         **transformer_options: Any,
     ) -> None:
@@ -61,7 +62,7 @@ class ClassTokenViT(nnx.Module):
         self.channels = channels
         self.grid = tuple(s // p for s, p in zip(size, patch_size))
 
-        self.to_patch_embedding = PatchEmbed(patch_size, channels, dim, norms=patch_norms, dtype=dtype, rngs=rngs)
+        self.to_patch_embedding = patch_embedding(patch_size, channels, dim, dtype=dtype, rngs=rngs)
         self.pos_embedding = nnx.Param(jax.random.normal(rngs.params(), (1, math.prod(self.grid) + 1, dim)))
         self.cls_token = nnx.Param(jax.random.normal(rngs.params(), (1, 1, dim)))
         self.dropout = nnx.Dropout(emb_dropout, rngs=rngs)
@@ -78,11 +79,15 @@ class ClassTokenViT(nnx.Module):
             x.shape, name=self.input_name, channels_last=True, channels=self.channels,
             max_size=self.size, patch=self.patch_size, axis_names=self.axis_names,
         )  # fmt: skip
-        x, grid = self.to_patch_embedding(x)
+        x, grid = self.embed_patches(x)
         pos = self.pos_embedding[...]
         x = x + crop_grid(pos[:, 1:], self.grid, grid).astype(x.dtype)
         cls = jnp.broadcast_to(self.cls_token[...] + pos[:, :1], (x.shape[0], 1, x.shape[-1]))
         return jnp.concatenate((cls.astype(x.dtype), x), axis=1)
+
+    def embed_patches(self, x: jax.Array) -> tuple[jax.Array, tuple[int, ...]]:
+        """The patch tokens ``(b, n, dim)`` of the input and their grid."""
+        return self.to_patch_embedding(x)
 
     def encode(self, x: jax.Array, features: Features | None = None) -> jax.Array:
         """The transformer on a token sequence ``(b, n, dim)``, recording its blocks in ``features``."""

@@ -10,22 +10,20 @@ from __future__ import annotations
 
 import math
 import sys
-from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
 from vit_flax.attention_variants import LocalityBlock, LocalitySelfAttention
-from vit_flax.layers import Transformer, crop_grid, default_rngs, grid_of, layer_norm, patchify, with_features
+from vit_flax.layers import default_rngs, grid_of, layer_norm, patchify
+from vit_flax.vit import IMAGE_AXES, ClassTokenViT
 from vit_parity.core.config import records_config
 from vit_parity.core.facts import vit_for_small_dataset as facts
-from vit_parity.core.features import Features
 from vit_parity.core.validate import as_tuple, check_input, image_geometry
 
 __all__ = ["ViT"]
 
-IMAGE_AXES = ("height", "width")
 LSA = LocalitySelfAttention
 
 
@@ -73,7 +71,7 @@ class SPT(nnx.Module):
 
 
 @records_config
-class ViT(nnx.Module):
+class ViT(ClassTokenViT):
     """ViT for small datasets (Lee, Lee and Song, 2021): shifted patch tokenization (``to_patch_embedding``, an
     :class:`SPT`), a class token, learned positions, blocks of locality self-attention
     (:class:`~vit_flax.attention_variants.LocalityBlock`), and a head that normalizes the pooled token (``norm``)
@@ -101,39 +99,15 @@ class ViT(nnx.Module):
         dtype: jnp.dtype | None = None,
         rngs: nnx.Rngs | None = None,
     ) -> None:
-        rngs = default_rngs(rngs)
-        self.size, self.patch_size = image_geometry(image_size, patch_size)
+        size, patch = image_geometry(image_size, patch_size)
         facts.check_arguments(pool=pool)
-        self.pool = pool
-        self.channels = channels
-        self.grid = grid_of(self.size, self.patch_size)
-
-        self.to_patch_embedding = SPT(dim, self.patch_size, channels, dtype=dtype, rngs=rngs)
-        self.pos_embedding = nnx.Param(jax.random.normal(rngs.params(), (1, math.prod(self.grid) + 1, dim)))
-        self.cls_token = nnx.Param(jax.random.normal(rngs.params(), (1, 1, dim)))
-        self.dropout = nnx.Dropout(emb_dropout, rngs=rngs)
-        self.transformer = Transformer(
-            dim, depth, heads, dim_head, mlp_dim, dropout, final_norm=False, block=LocalityBlock, dtype=dtype,
-            rngs=rngs,
+        super().__init__(
+            size=size, patch_size=patch, axis_names=IMAGE_AXES, input_name="img", num_classes=num_classes,
+            dim=dim, depth=depth, heads=heads, mlp_dim=mlp_dim, pool=pool, channels=channels,
+            dim_head=dim_head, dropout=dropout, emb_dropout=emb_dropout, norm_pooled=True,  # as the reference
+            patch_embedding=lambda patch, channels, dim, **options: SPT(dim, patch, channels, **options),
+            final_norm=False, block=LocalityBlock, dtype=dtype, rngs=rngs,
         )  # fmt: skip
-        self.norm = layer_norm(dim, 1e-5, rngs, dtype)
-        self.mlp_head = nnx.Linear(dim, num_classes, dtype=dtype, rngs=rngs)
 
-    def __call__(
-        self, img: jax.Array, *, return_features: bool | Sequence[str | int] = False, return_attn: bool = False
-    ) -> jax.Array | tuple[jax.Array, dict[str, jax.Array]]:
-        features = Features.request(return_features, return_attn)
-        check_input(
-            img.shape, name="img", channels_last=True, channels=self.channels,
-            max_size=self.size, patch=self.patch_size, axis_names=IMAGE_AXES,
-        )  # fmt: skip
-        x = self.to_patch_embedding(img)
-        pos = self.pos_embedding[...]
-        x = x + crop_grid(pos[:, 1:], self.grid, grid_of(img.shape[1:3], self.patch_size)).astype(x.dtype)
-        cls = jnp.broadcast_to(self.cls_token[...] + pos[:, :1], (x.shape[0], 1, x.shape[-1]))
-        x = self.dropout(jnp.concatenate((cls.astype(x.dtype), x), axis=1))
-        x = self.transformer(x, features=features)
-        x = self.norm(x[:, 0] if self.pool == "cls" else x.mean(axis=1))  # as the reference: pool, then normalize
-        if features is not None:
-            features.add("pre_logits", x)
-        return with_features(self.mlp_head(x), features)
+    def embed_patches(self, img: jax.Array) -> tuple[jax.Array, tuple[int, ...]]:
+        return self.to_patch_embedding(img), grid_of(img.shape[1:3], self.patch_size)

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from vit_parity.core.features import Features, block_label
-from vit_torch.layers import Block, Linear, Transformer
+from vit_torch.layers import Block, Linear, Transformer, project_qkv
 
 
 def mix_heads(attn: Tensor, weight: Tensor) -> Tensor:
@@ -92,13 +92,7 @@ class TalkingHeadsAttention(nn.Module):
     def forward(
         self, x: Tensor, mask: Tensor | None = None, *, context: Tensor | None = None, return_attn: bool = False
     ) -> Tensor | tuple[Tensor, Tensor]:
-        if context is None:
-            q, k, v = self.to_qkv(x).chunk(3, dim=-1)
-        else:
-            w = self.to_qkv.weight.chunk(3)
-            b = (None,) * 3 if self.to_qkv.bias is None else self.to_qkv.bias.chunk(3)
-            q, k, v = F.linear(x, w[0], b[0]), F.linear(context, w[1], b[1]), F.linear(context, w[2], b[2])
-        q, k, v = (t.unflatten(-1, (self.heads, -1)).transpose(1, 2) for t in (q, k, v))
+        q, k, v = (t.unflatten(-1, (self.heads, -1)).transpose(1, 2) for t in project_qkv(self.to_qkv, x, context))
         probs = self.probabilities(q, k, mask)
         weights = self.mix(probs)
         out = self.out_drop(self.to_out((weights @ v).transpose(1, 2).flatten(-2)))

@@ -84,13 +84,7 @@ class Attention(nn.Module):
     def forward(
         self, x: Tensor, mask: Tensor | None = None, *, context: Tensor | None = None, return_attn: bool = False
     ) -> Tensor | tuple[Tensor, Tensor]:
-        if context is None:
-            q, k, v = self.to_qkv(x).chunk(3, dim=-1)
-        else:
-            w = self.to_qkv.weight.chunk(3)
-            b = (None,) * 3 if self.to_qkv.bias is None else self.to_qkv.bias.chunk(3)
-            q, k, v = F.linear(x, w[0], b[0]), F.linear(context, w[1], b[1]), F.linear(context, w[2], b[2])
-        q, k, v = (self._split_heads(t) for t in (q, k, v))
+        q, k, v = (self._split_heads(t) for t in project_qkv(self.to_qkv, x, context))
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
         q, k, v = (t.transpose(1, 2) for t in (q, k, v))
@@ -111,6 +105,17 @@ class Attention(nn.Module):
     def _split_heads(self, t: Tensor) -> Tensor:
         """``(b, n, heads * d)`` to ``(b, n, heads, d)``; fused attention wants jagged tensors contiguous."""
         return (t.contiguous() if t.is_nested else t).unflatten(-1, (self.heads, -1))
+
+
+def project_qkv(to_qkv: nn.Linear, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
+    """Queries of ``x`` and keys and values of ``context`` (default: ``x``) through one fused ``to_qkv`` projection
+    (its output features ordered q, k, v), each ``(b, tokens, inner)``."""
+    if context is None:
+        q, k, v = to_qkv(x).chunk(3, dim=-1)
+        return q, k, v
+    w = to_qkv.weight.chunk(3)
+    b = (None,) * 3 if to_qkv.bias is None else to_qkv.bias.chunk(3)
+    return F.linear(x, w[0], b[0]), F.linear(context, w[1], b[1]), F.linear(context, w[2], b[2])
 
 
 class Linear(nn.Linear):

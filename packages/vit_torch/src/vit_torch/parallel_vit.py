@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 from torch import Tensor, nn
@@ -9,7 +10,7 @@ from torch import Tensor, nn
 from vit_parity.core.config import records_config
 from vit_parity.core.facts import parallel_vit as facts
 from vit_parity.core.validate import image_geometry
-from vit_torch.layers import Block
+from vit_torch.layers import Block, PatchEmbed
 from vit_torch.vit import IMAGE_AXES, ClassTokenViT
 
 __all__ = ["ViT"]
@@ -83,6 +84,7 @@ class ViT(ClassTokenViT):
         super().__init__(
             size=size, patch_size=patch, axis_names=IMAGE_AXES, input_name="img", num_classes=num_classes,
             dim=dim, depth=depth, heads=heads, mlp_dim=mlp_dim, pool=pool, channels=channels,
-            dim_head=dim_head, dropout=dropout, emb_dropout=emb_dropout, patch_norms=False, norm_pooled=True,
+            dim_head=dim_head, dropout=dropout, emb_dropout=emb_dropout, norm_pooled=True,
+            patch_embedding=functools.partial(PatchEmbed, norms=False),
             final_norm=False, block=ParallelBlock, branches=num_parallel_branches,
         )  # fmt: skip

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -22,8 +22,9 @@ IMAGE_AXES = ("height", "width")
 class ClassTokenViT(nn.Module):
     """The ViT body on patches of any number of axes: a class token, learned positions over the patch
     grid, a pre-norm transformer and a linear head. ``vit.ViT`` (images) and ``vit_3d.ViT`` (videos,
-    volumes) differ only in how they read their geometry; DeepViT and Parallel ViT in their blocks
-    (``transformer_options`` go to :class:`~vit_torch.layers.Transformer`), their patch embedding (``patch_norms``)
+    volumes) differ only in how they read their geometry. DeepViT, Parallel ViT and ViT for small datasets
+    differ in their blocks (``transformer_options`` go to :class:`~vit_torch.layers.Transformer`), their patch
+    embedding (``patch_embedding(patch_size, channels, dim)`` builds it, :meth:`embed_patches` runs it)
     and where the last norm sits (``norm_pooled``: the pooled token is normalized, by ``norm``, before the head).
 
     The forward pass is built from :meth:`tokens`, :meth:`encode` and :meth:`pool_tokens` (as T2T-ViT's), so
@@ -46,7 +47,7 @@ class ClassTokenViT(nn.Module):
         dim_head: int,
         dropout: float,
         emb_dropout: float,
-        patch_norms: bool = True,
+        patch_embedding: Callable[..., nn.Module] = PatchEmbed,
         norm_pooled: bool = False,
         **transformer_options: Any,
     ) -> None:
@@ -58,7 +59,7 @@ class ClassTokenViT(nn.Module):
         self.channels = channels
         self.grid = tuple(s // p for s, p in zip(size, patch_size))
 
-        self.to_patch_embedding = PatchEmbed(patch_size, channels, dim, norms=patch_norms)
+        self.to_patch_embedding = patch_embedding(patch_size, channels, dim)
         self.pos_embedding = nn.Parameter(torch.randn(1, math.prod(self.grid) + 1, dim))
         self.cls_token = nn.Parameter(torch.randn(1, 1, dim))
         self.dropout = nn.Dropout(emb_dropout)
@@ -73,10 +74,14 @@ class ClassTokenViT(nn.Module):
             x.shape, name=self.input_name, channels_last=False, channels=self.channels,
             max_size=self.size, patch=self.patch_size, axis_names=self.axis_names,
         )  # fmt: skip
-        x, grid = self.to_patch_embedding(x)
+        x, grid = self.embed_patches(x)
         x = x + crop_grid(self.pos_embedding[:, 1:], self.grid, grid)
         cls = (self.cls_token + self.pos_embedding[:, :1]).expand(x.shape[0], -1, -1)
         return torch.cat((cls, x), dim=1)
+
+    def embed_patches(self, x: Tensor) -> tuple[Tensor, tuple[int, ...]]:
+        """The patch tokens ``(b, n, dim)`` of the input and their grid."""
+        return self.to_patch_embedding(x)
 
     def encode(self, x: Tensor, features: Features | None = None) -> Tensor:
         """The transformer on a token sequence ``(b, n, dim)``, recording its blocks in ``features``."""

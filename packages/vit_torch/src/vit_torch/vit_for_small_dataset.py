@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import math
 import sys
-from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -17,14 +16,13 @@ from torch import Tensor, nn
 
 from vit_parity.core.config import records_config
 from vit_parity.core.facts import vit_for_small_dataset as facts
-from vit_parity.core.features import Features
 from vit_parity.core.validate import as_tuple, check_input, image_geometry
 from vit_torch.attention_variants import LocalityBlock, LocalitySelfAttention
-from vit_torch.layers import Linear, Transformer, crop_grid, grid_of, patchify, with_features
+from vit_torch.layers import Linear, grid_of, patchify
+from vit_torch.vit import IMAGE_AXES, ClassTokenViT
 
 __all__ = ["ViT"]
 
-IMAGE_AXES = ("height", "width")
 LSA = LocalitySelfAttention
 
 
@@ -63,7 +61,7 @@ class SPT(nn.Module):
 
 
 @records_config
-class ViT(nn.Module):
+class ViT(ClassTokenViT):
     """ViT for small datasets (Lee, Lee and Song, 2021): shifted patch tokenization (``to_patch_embedding``, an
     :class:`SPT`), a class token, learned positions, blocks of locality self-attention
     (:class:`~vit_torch.attention_variants.LocalityBlock`), and a head that normalizes the pooled token (``norm``)
@@ -89,37 +87,15 @@ class ViT(nn.Module):
         dropout: float = 0.0,
         emb_dropout: float = 0.0,
     ) -> None:
-        super().__init__()
-        self.size, self.patch_size = image_geometry(image_size, patch_size)
+        size, patch = image_geometry(image_size, patch_size)
         facts.check_arguments(pool=pool)
-        self.pool = pool
-        self.channels = channels
-        self.grid = grid_of(self.size, self.patch_size)
-
-        self.to_patch_embedding = SPT(dim, self.patch_size, channels)
-        self.pos_embedding = nn.Parameter(torch.randn(1, math.prod(self.grid) + 1, dim))
-        self.cls_token = nn.Parameter(torch.randn(1, 1, dim))
-        self.dropout = nn.Dropout(emb_dropout)
-        self.transformer = Transformer(
-            dim, depth, heads, dim_head, mlp_dim, dropout, final_norm=False, block=LocalityBlock
-        )
-        self.norm = nn.LayerNorm(dim)
-        self.mlp_head = Linear(dim, num_classes)
-
-    def forward(
-        self, img: Tensor, *, return_features: bool | Sequence[str | int] = False, return_attn: bool = False
-    ) -> Tensor | tuple[Tensor, dict[str, Tensor]]:
-        features = Features.request(return_features, return_attn)
-        check_input(
-            img.shape, name="img", channels_last=False, channels=self.channels,
-            max_size=self.size, patch=self.patch_size, axis_names=IMAGE_AXES,
+        super().__init__(
+            size=size, patch_size=patch, axis_names=IMAGE_AXES, input_name="img", num_classes=num_classes,
+            dim=dim, depth=depth, heads=heads, mlp_dim=mlp_dim, pool=pool, channels=channels,
+            dim_head=dim_head, dropout=dropout, emb_dropout=emb_dropout, norm_pooled=True,  # as the reference
+            patch_embedding=lambda patch, channels, dim, **options: SPT(dim, patch, channels, **options),
+            final_norm=False, block=LocalityBlock,
         )  # fmt: skip
-        x = self.to_patch_embedding(img)
-        x = x + crop_grid(self.pos_embedding[:, 1:], self.grid, grid_of(img.shape[2:], self.patch_size))
-        cls = (self.cls_token + self.pos_embedding[:, :1]).expand(x.shape[0], -1, -1)
-        x = self.dropout(torch.cat((cls, x), dim=1))
-        x = self.transformer(x, features=features)
-        x = self.norm(x[:, 0] if self.pool == "cls" else x.mean(dim=1))  # as the reference: pool, then normalize
-        if features is not None:
-            features.add("pre_logits", x)
-        return with_features(self.mlp_head(x), features)
+
+    def embed_patches(self, img: Tensor) -> tuple[Tensor, tuple[int, ...]]:
+        return self.to_patch_embedding(img), grid_of(img.shape[2:], self.patch_size)
