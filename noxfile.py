@@ -23,7 +23,7 @@ FLAX = "./packages/vit_flax"
 PYTEST = ("pytest", "-n", "2", "--dist", "worksteal")
 # The test runs compile hundreds of small models and run each a few times, so compilation is most of their time:
 # XLA's backend (LLVM) optimizations cost half of it and buy nothing there, and XLA:CPU's older fusion emitters
-# compile in about half the time of its MLIR ones (vit_flax's tests: 562 s -> 282 s with both pytest workers).
+# compile in about half the time of its MLIR ones (vit_flax's tests: 562 s -> 289 s with both pytest workers).
 FAST_COMPILE = {"XLA_FLAGS": "--xla_backend_optimization_level=0 --xla_cpu_use_fusion_emitters=false"}
 
 
