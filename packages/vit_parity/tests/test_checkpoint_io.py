@@ -141,3 +141,34 @@ def test_nothing_to_recover_is_still_not_found(tmp_path: Path) -> None:
     with pytest.raises(io.CheckpointError, match="not found"):
         io.read_config(tmp_path / "missing" / "ck")
     assert names(tmp_path) == [".ck.old-1-a.old-2", ".ck.old-x"]
+
+
+def _header(path: Path) -> bytes:
+    blob = path.read_bytes()
+    return blob[8 : 8 + int.from_bytes(blob[:8], "little")]
+
+
+def test_safetensors_files_have_the_same_bytes_for_the_same_content(tmp_path: Path) -> None:
+    """The safetensors library orders its header's metadata by chance, per process; the written header sorts it."""
+    from safetensors import safe_open
+    from safetensors.numpy import load_file
+
+    tensors = {"b": np.arange(6, dtype=np.float32).reshape(2, 3), "a": np.ones(2, np.float32)}
+    one, two = tmp_path / "one.safetensors", tmp_path / "two.safetensors"
+    io.write_safetensors(one, tensors, {"layout": "torch", "format": io.FORMAT})
+    io.write_safetensors(two, tensors, {"format": io.FORMAT, "layout": "torch"})
+    assert one.read_bytes() == two.read_bytes()
+    assert _header(one).startswith(b'{"__metadata__":{"format":"vit-checkpoint","layout":"torch"},')
+    with safe_open(one, "np") as f:
+        assert f.metadata() == {"format": io.FORMAT, "layout": "torch"}
+    assert {k: v.tolist() for k, v in load_file(one).items()} == {k: v.tolist() for k, v in tensors.items()}
+
+    # whole checkpoints saved by separate processes (each orders the library's metadata its own way)
+    save = "import sys, numpy as np; from vit_parity.core import checkpoint as io; " + (
+        "io.save(io.Checkpoint('vit', {'dim': 4}, 'torch', {'w': 'linear'}, {'w': np.ones((2, 2), np.float32)}, "
+        "optimizer={'mu': {'w': np.zeros((2, 2), np.float32)}}), sys.argv[1])"
+    )
+    for i in range(6):
+        subprocess.run([sys.executable, "-c", save, str(tmp_path / f"run{i}")], check=True)
+    for name in (io.WEIGHTS, io.OPTIMIZER):
+        assert len({(tmp_path / f"run{i}" / name).read_bytes() for i in range(6)}) == 1, name

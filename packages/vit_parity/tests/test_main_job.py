@@ -268,12 +268,12 @@ def test_interrupted_training_keeps_the_last_epoch_and_resumes(
     first = vit_torch.train.predict(vit_torch.load(out / "checkpoint"), held_out()[1].x)
 
     # an interruption while an epoch's checkpoint is written leaves the previous one whole
-    save_file = ckpt_io.save_file
-    monkeypatch.setattr(ckpt_io, "save_file", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt))
+    write = ckpt_io.write_safetensors
+    monkeypatch.setattr(ckpt_io, "write_safetensors", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt))
     fails(capsys, *argv, "--resume", match="interrupted", code=130)
     np.testing.assert_array_equal(vit_torch.train.predict(vit_torch.load(out / "checkpoint"), held_out()[1].x), first)
     assert sorted(p.name for p in out.iterdir()) == RUN_FILES  # no temporaries
-    monkeypatch.setattr(ckpt_io, "save_file", save_file)
+    monkeypatch.setattr(ckpt_io, "write_safetensors", write)
 
     code, _, _ = run(capsys, *argv, "--resume")
     assert code == 0

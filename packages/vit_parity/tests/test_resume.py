@@ -163,15 +163,15 @@ def test_optimizer_moments_are_saved_and_convert_between_backends(tmp_path: Path
 
     # a save that fails while writing the moments leaves the previous checkpoint, moments included
     before = ckpt_io.load(tmp_path / "ck")
-    save_file = ckpt_io.save_file
+    write = ckpt_io.write_safetensors
 
-    def fail_on_moments(tensors: dict, path: str, **kw: object) -> None:
-        if path.endswith(ckpt_io.OPTIMIZER):
+    def fail_on_moments(path: Path, tensors: dict, metadata: dict) -> None:
+        if path.name == ckpt_io.OPTIMIZER:
             raise OSError("disk full")
-        save_file(tensors, path, **kw)
+        write(path, tensors, metadata)
 
     with pytest.MonkeyPatch.context() as m:
-        m.setattr(ckpt_io, "save_file", fail_on_moments)
+        m.setattr(ckpt_io, "write_safetensors", fail_on_moments)
         with pytest.raises(OSError, match="disk full"):
             vit_torch.train.save(vit_torch.train.build("vit", VIT, seed=2), tmp_path / "ck", optimizer=moments)
     after = ckpt_io.load(tmp_path / "ck")

@@ -66,7 +66,7 @@ def test_failed_save_leaves_previous_checkpoint(tmp_path: Path, monkeypatch: pyt
     def broken(*args: object, **kwargs: object) -> None:
         raise OSError("disk full")
 
-    monkeypatch.setattr(io, "save_file", broken)
+    monkeypatch.setattr(io, "write_safetensors", broken)
     with torch.no_grad():
         model.mlp_head.bias.add_(1.0)
     with pytest.raises(OSError, match="disk full"):

@@ -26,7 +26,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from safetensors.numpy import load_file, save_file
+from safetensors.numpy import load_file
+from safetensors.numpy import save as safetensors_bytes
 
 from vit_parity.core.config import from_json, to_json
 from vit_parity.core.convert import LAYOUTS, convert
@@ -156,6 +157,23 @@ def _replace_dir(tmp: Path, dst: Path) -> None:
     _sweep(dst)
 
 
+def write_safetensors(path: Path, tensors: dict[str, np.ndarray], metadata: dict[str, str]) -> None:
+    """Write ``tensors`` and ``metadata`` to the safetensors file ``path``, the same bytes for the same content.
+
+    The safetensors library orders the metadata in its header differently from one process to the next; here it is
+    sorted (the tensors already are), so that a checkpoint's bytes depend on its content only (``cmp`` of two
+    runs' weights means what it says)."""
+    blob = safetensors_bytes(tensors, metadata=metadata)
+    size = int.from_bytes(blob[:8], "little")
+    header = json.loads(blob[8 : 8 + size])
+    if "__metadata__" in header:
+        header = {"__metadata__": dict(sorted(header.pop("__metadata__").items())), **header}
+    text = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode()
+    if len(text) > size:  # the same content reordered is never longer
+        raise CheckpointError(f"cannot write {path}: its safetensors header would grow from {size} bytes")
+    Path(path).write_bytes(blob[:8] + text.ljust(size) + blob[8 + size :])
+
+
 def save(ckpt: Checkpoint, path: str | os.PathLike[str]) -> Path:
     """Write ``ckpt`` to the folder ``path`` atomically; return the path."""
     if ckpt.layout not in LAYOUTS:
@@ -174,11 +192,11 @@ def save(ckpt: Checkpoint, path: str | os.PathLike[str]) -> Path:
     tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.tmp-{os.getpid()}-", dir=dst.parent))
     try:
         tensors = {k: np.ascontiguousarray(v) for k, v in ckpt.tensors.items()}
-        save_file(tensors, str(tmp / WEIGHTS), metadata={"format": FORMAT, "layout": ckpt.layout})
+        write_safetensors(tmp / WEIGHTS, tensors, {"format": FORMAT, "layout": ckpt.layout})
         made = [tmp / WEIGHTS, tmp / CONFIG, tmp]
         if ckpt.optimizer:
             moments = {f"{m}/{k}": np.ascontiguousarray(v) for m, d in ckpt.optimizer.items() for k, v in d.items()}
-            save_file(moments, str(tmp / OPTIMIZER), metadata={"format": FORMAT, "layout": ckpt.layout})
+            write_safetensors(tmp / OPTIMIZER, moments, {"format": FORMAT, "layout": ckpt.layout})
             made.insert(0, tmp / OPTIMIZER)
         (tmp / CONFIG).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
         for path in made:
