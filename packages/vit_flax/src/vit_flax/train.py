@@ -345,7 +345,6 @@ def fit(
     ``fit`` returns. ``feed`` (see :func:`predict`) turns each batch into the model's inputs.
     """
     del compile  # the step is jax.jit compiled whatever is asked
-    x, y = np.asarray(train[0], dtype=np.float32), np.asarray(train[1], dtype=np.int64)
     run = resume if resume is not None else RunState(epoch=start_epoch)
     with compute_dtype(model, precision):
         step, state = training_step(
@@ -368,7 +367,7 @@ def fit(
             return RunState(epoch, i, *sums, optimizer_steps=count, moments=moments)
 
         history = run_epochs(
-            (x, y), eval, train_step, model=model, snapshot=snapshot, end_epoch=sync,
+            train, eval, train_step, model=model, snapshot=snapshot, end_epoch=sync,
             predict=lambda held_out: predict(
                 model, held_out, channels_first=channels_first, feed=feed, precision=precision
             ),

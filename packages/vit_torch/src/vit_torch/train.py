@@ -182,7 +182,6 @@ def fit(
     model weights loaded into ``model``) and ends where an uninterrupted run does; ``start_epoch`` starts
     at an epoch with a fresh optimizer.
     """
-    x, y = np.asarray(train[0], dtype=np.float32), np.asarray(train[1], dtype=np.int64)
     run = resume if resume is not None else RunState(epoch=start_epoch)
     opt = optimizer(model, lr=lr, weight_decay=weight_decay)
     if run.moments:
@@ -213,7 +212,7 @@ def fit(
     model.train()
     with torch.random.fork_rng(devices=[]):  # the steps reseed torch's generator; the caller's is left alone
         history = run_epochs(
-            (x, y), eval, train_step, model=model, snapshot=snapshot,
+            train, eval, train_step, model=model, snapshot=snapshot,
             predict=lambda held_out: predict(model, held_out, feed=feed, precision=precision),
             epochs=epochs, batch_size=batch_size, lr=lr, warmup_epochs=warmup_epochs, shift=shift, seed=seed,
             shuffle=shuffle, run=run, on_epoch=on_epoch, on_checkpoint=on_checkpoint, stop=stop, progress=progress,

@@ -274,16 +274,17 @@ def run_epochs(
     """The epoch loop both backends' ``fit`` run: batches, shifts, dropout seeds, the schedule, the running
     sums, the metrics, checkpoints and clean stops, from ``run`` on; the backend brings its step and state.
 
-    ``train_step(x, y, lr, seed)`` takes one optimizer step on the channels-first batch ``x`` (already
-    shifted) and returns the batch's mean loss and its number of correct predictions; ``seed`` is the step's
-    :func:`dropout_seed`. ``snapshot(epoch, step, (loss_sum, correct, seen))`` returns the :class:`RunState` of
-    that point (optimizer state included). ``end_epoch()`` runs after an epoch's last step (the backend brings
-    ``model`` up to date), then ``predict(x)`` gives the logits of the held-out set ``eval``. ``on_epoch(metrics,
-    model)`` and ``on_checkpoint(state, model, metrics)`` run after every epoch; when ``stop()`` turns true, the
-    step in hand is finished, ``on_checkpoint(state, model, None)`` runs (within an epoch; at its end the
-    epoch's call served) and :class:`Interrupted` is raised.
+    ``train = (x, y)``: channels-first samples (taken as float32) and integer labels. ``train_step(x, y, lr,
+    seed)`` takes one optimizer step on the batch ``x`` (already shifted) and returns the batch's mean loss and
+    its number of correct predictions; ``seed`` is the step's :func:`dropout_seed`. ``snapshot(epoch, step,
+    (loss_sum, correct, seen))`` returns the :class:`RunState` of that point (optimizer state included).
+    ``end_epoch()`` runs after an epoch's last step (the backend brings ``model`` up to date), then ``predict(x)``
+    gives the logits of the held-out set ``eval``. ``on_epoch(metrics, model)`` and ``on_checkpoint(state, model,
+    metrics)`` run after every epoch; when ``stop()`` turns true, the step in hand is finished,
+    ``on_checkpoint(state, model, None)`` runs (within an epoch; at its end the epoch's call served) and
+    :class:`Interrupted` is raised.
     """
-    x, y = train
+    x, y = np.asarray(train[0], dtype=np.float32), np.asarray(train[1], dtype=np.int64)
     if len(x) == 0:
         raise ValueError("the training set is empty")
     batch_size = min(batch_size, len(x))

@@ -129,7 +129,6 @@ def run_case(
 ) -> list[Diff]:
     """Compare the logits and every labelled feature (each block's output, pre-logits) of both backends on
     ``case``; ``tamper`` may alter the flax model."""
-
     return run_case_with_teeth(spec, case, seed=seed, rtol=rtol, atol=atol, tamper=tamper)[0]
 
 
